@@ -214,11 +214,13 @@ pub fn decode(raw: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     }
     if trimmed[0] != b'{' {
         // Cheap early exit for plain text; also keeps serde's message short.
-        return Err(if serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_ok() {
-            DecodeError::NotAnEvent("not a JSON object")
-        } else {
-            DecodeError::Json("not JSON".into())
-        });
+        return Err(
+            if serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_ok() {
+                DecodeError::NotAnEvent("not a JSON object")
+            } else {
+                DecodeError::Json("not JSON".into())
+            },
+        );
     }
     let wire: Wire<'_> = serde_json::from_slice(trimmed).map_err(|e| {
         if e.is_data() {
@@ -248,9 +250,7 @@ pub fn decode(raw: &[u8]) -> Result<Decoded<'_>, DecodeError> {
                 host: wire.host,
             });
         }
-        return Err(DecodeError::NotAnEvent(
-            "no auditID, verb or requestURI",
-        ));
+        return Err(DecodeError::NotAnEvent("no auditID, verb or requestURI"));
     }
     Ok(Decoded::Event(AuditEvent {
         api_version: wire.api_version,
@@ -341,7 +341,10 @@ impl<'a> AuditEvent<'a> {
 }
 
 /// Walks `segments` into a JSON value (see [`AuditEvent::lookup`]).
-pub fn lookup_value<'v>(value: &'v serde_json::Value, segments: &[&str]) -> Option<&'v serde_json::Value> {
+pub fn lookup_value<'v>(
+    value: &'v serde_json::Value,
+    segments: &[&str],
+) -> Option<&'v serde_json::Value> {
     if segments.is_empty() {
         return Some(value);
     }
@@ -376,8 +379,20 @@ mod tests {
         assert_eq!(e.username(), Some("bob"));
         assert_eq!(e.source_ips.len(), 2);
         assert!(matches!(e.source_ips[1].0, Cow::Borrowed("10.0.3.4")));
-        assert_eq!(e.object_ref.as_ref().unwrap().resource.as_ref().unwrap().as_str(), "secrets");
-        assert_eq!(e.annotation("authorization.k8s.io/decision").as_deref(), Some("forbid"));
+        assert_eq!(
+            e.object_ref
+                .as_ref()
+                .unwrap()
+                .resource
+                .as_ref()
+                .unwrap()
+                .as_str(),
+            "secrets"
+        );
+        assert_eq!(
+            e.annotation("authorization.k8s.io/decision").as_deref(),
+            Some("forbid")
+        );
         assert_eq!(
             e.lookup(&["annotations", "authorization", "k8s", "io/decision"]),
             Some(serde_json::json!("forbid"))
@@ -388,9 +403,13 @@ mod tests {
 
     #[test]
     fn time_falls_back_in_contract_order() {
-        let e = event(r#"{"auditID":"x","stageTimestamp":"1970-01-01T00:00:02Z","timestamp":"1970-01-01T00:00:03Z"}"#);
+        let e = event(
+            r#"{"auditID":"x","stageTimestamp":"1970-01-01T00:00:02Z","timestamp":"1970-01-01T00:00:03Z"}"#,
+        );
         assert_eq!(e.time(Some(9)), Some(2_000_000));
-        let e = event(r#"{"auditID":"x","requestReceivedTimestamp":"garbage","timestamp":"1970-01-01T00:00:03Z"}"#);
+        let e = event(
+            r#"{"auditID":"x","requestReceivedTimestamp":"garbage","timestamp":"1970-01-01T00:00:03Z"}"#,
+        );
         assert_eq!(e.time(Some(9)), Some(3_000_000));
         let e = event(r#"{"auditID":"x"}"#);
         assert_eq!(e.time(Some(9)), Some(9));

@@ -141,7 +141,9 @@ pub fn detect(head: &[u8]) -> Format {
         .iter()
         .position(|c| !c.is_ascii_whitespace())
         .unwrap_or(head.len());
-    let head = head[start..].strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&head[start..]);
+    let head = head[start..]
+        .strip_prefix(b"\xEF\xBB\xBF")
+        .unwrap_or(&head[start..]);
     let first_line = head.split(|&c| c == b'\n').next().unwrap_or_default();
     match head.first() {
         Some(b'{') => {
@@ -190,7 +192,10 @@ fn contains_key(hay: &[u8], key: &[u8]) -> bool {
 /// `"events"` followed by `:` and `[` (an audit event may say `"resource":"events"`, never this).
 fn contains_events_array(hay: &[u8]) -> bool {
     memchr::memmem::find_iter(hay, b"\"events\"").any(|i| {
-        let rest = hay[i + 8..].iter().copied().filter(|c| !c.is_ascii_whitespace());
+        let rest = hay[i + 8..]
+            .iter()
+            .copied()
+            .filter(|c| !c.is_ascii_whitespace());
         let mut rest = rest;
         rest.next() == Some(b':') && rest.next() == Some(b'[')
     })
@@ -337,7 +342,11 @@ fn filter_log_events(doc: &[u8], origin: Origin<'_>, f: &mut RecordSink<'_>) {
                 for e in &d.events {
                     f(Ok(RawRecord {
                         message: e.message.as_str().as_bytes(),
-                        stream: e.log_stream_name.as_ref().map(Text::as_str).or(origin.stream),
+                        stream: e
+                            .log_stream_name
+                            .as_ref()
+                            .map(Text::as_str)
+                            .or(origin.stream),
                         log_group: origin.log_group,
                         cw_timestamp: e.timestamp.and_then(|ms| ms.checked_mul(1000)),
                         event_id: e.event_id.as_ref().map(Text::as_str),
@@ -420,7 +429,11 @@ mod tests {
         e.finish().unwrap()
     }
 
-    fn collect(format: Format, doc: &[u8], origin: Origin<'_>) -> Vec<Result<(String, Option<String>, Option<i64>, Option<String>), &'static str>> {
+    fn collect(
+        format: Format,
+        doc: &[u8],
+        origin: Origin<'_>,
+    ) -> Vec<Result<(String, Option<String>, Option<i64>, Option<String>), &'static str>> {
         let mut out = Vec::new();
         records_in_document(format, doc, origin, &mut |r| {
             out.push(
@@ -442,11 +455,26 @@ mod tests {
     fn detects_each_framing() {
         assert_eq!(detect(b"\n\n{\"auditID\":\"a\"}\n"), Format::Jsonl);
         assert_eq!(detect(b"{\"log\":\"{}\"}"), Format::Jsonl);
-        assert_eq!(detect(b"{\"auditID\":\"a\",\"objectRef\":{\"resource\":\"events\"},\"x\":"), Format::Jsonl);
-        assert_eq!(detect(b"{\"events\":[],\"searchedLogStreams\":[]}"), Format::FilterLogEvents);
-        assert_eq!(detect(b"{\n    \"events\": [\n        {\n"), Format::FilterLogEvents);
-        assert_eq!(detect(b"{\n  \"messageType\": \"DATA_MESSAGE\",\n"), Format::Subscription);
-        assert_eq!(detect(b"H4sIAAAAAAAA/6tWyk0tSUxPVbJSMjQwMDA=\n"), Format::Subscription);
+        assert_eq!(
+            detect(b"{\"auditID\":\"a\",\"objectRef\":{\"resource\":\"events\"},\"x\":"),
+            Format::Jsonl
+        );
+        assert_eq!(
+            detect(b"{\"events\":[],\"searchedLogStreams\":[]}"),
+            Format::FilterLogEvents
+        );
+        assert_eq!(
+            detect(b"{\n    \"events\": [\n        {\n"),
+            Format::FilterLogEvents
+        );
+        assert_eq!(
+            detect(b"{\n  \"messageType\": \"DATA_MESSAGE\",\n"),
+            Format::Subscription
+        );
+        assert_eq!(
+            detect(b"H4sIAAAAAAAA/6tWyk0tSUxPVbJSMjQwMDA=\n"),
+            Format::Subscription
+        );
         assert_eq!(detect(b"2026-11-20T10:00:00.120Z {}\n"), Format::CwExport);
         assert_eq!(detect(b"hello\n"), Format::Jsonl);
         assert_eq!(detect(b""), Format::Jsonl);
@@ -457,7 +485,10 @@ mod tests {
         let got = collect(
             Format::CwExport,
             b"2026-11-20T10:00:00.120Z {\"auditID\":\"a\"}\nnot a line\n",
-            Origin { stream: Some("kube-apiserver-audit-ab"), log_group: None },
+            Origin {
+                stream: Some("kube-apiserver-audit-ab"),
+                log_group: None,
+            },
         );
         assert_eq!(got.len(), 2);
         let (msg, stream, ts, _) = got[0].clone().unwrap();
@@ -475,11 +506,20 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                Ok(("{\"auditID\":\"a\"}".into(), Some("s1".into()), Some(1_000_000), Some("e1".into()))),
+                Ok((
+                    "{\"auditID\":\"a\"}".into(),
+                    Some("s1".into()),
+                    Some(1_000_000),
+                    Some("e1".into())
+                )),
                 Ok(("{\"auditID\":\"b\"}".into(), None, Some(2_000_000), None)),
             ]
         );
-        let got = collect(Format::FilterLogEvents, b"{\"events\":[{\"message\":", Origin::default());
+        let got = collect(
+            Format::FilterLogEvents,
+            b"{\"events\":[{\"message\":",
+            Origin::default(),
+        );
         assert_eq!(got, vec![Err("bad_document")]);
     }
 
@@ -493,27 +533,50 @@ mod tests {
             Some(5000),
             Some("i1".to_string()),
         ))];
-        assert_eq!(collect(Format::Subscription, payload, Origin::default()), expect);
-        assert_eq!(collect(Format::Subscription, &gz(payload), Origin::default()), expect);
-        assert_eq!(collect(Format::Subscription, &gz(control), Origin::default()), vec![]);
+        assert_eq!(
+            collect(Format::Subscription, payload, Origin::default()),
+            expect
+        );
+        assert_eq!(
+            collect(Format::Subscription, &gz(payload), Origin::default()),
+            expect
+        );
+        assert_eq!(
+            collect(Format::Subscription, &gz(control), Origin::default()),
+            vec![]
+        );
         let mut firehose = gz(control);
         firehose.extend(gz(payload));
-        assert_eq!(collect(Format::Subscription, &firehose, Origin::default()), expect);
+        assert_eq!(
+            collect(Format::Subscription, &firehose, Origin::default()),
+            expect
+        );
         let b64 = base64::engine::general_purpose::STANDARD.encode(gz(payload));
         let lines = format!("{b64}\n{b64}\n");
         assert_eq!(detect(lines.as_bytes()), Format::Subscription);
         assert!(Format::Subscription.is_line_based(lines.as_bytes()));
         let mut got = Vec::new();
         for line in lines.lines() {
-            records_in_line(Format::Subscription, line.as_bytes(), Origin::default(), &mut |r| {
-                got.push(r.map(|r| r.event_id.map(str::to_owned)).map_err(|e| e.reason()))
-            });
+            records_in_line(
+                Format::Subscription,
+                line.as_bytes(),
+                Origin::default(),
+                &mut |r| {
+                    got.push(
+                        r.map(|r| r.event_id.map(str::to_owned))
+                            .map_err(|e| e.reason()),
+                    )
+                },
+            );
         }
         assert_eq!(got, vec![Ok(Some("i1".into())), Ok(Some("i1".into()))]);
         let mut got = Vec::new();
-        records_in_line(Format::Subscription, b"H4sI!!", Origin::default(), &mut |r| {
-            got.push(r.map(|_| ()).map_err(|e| e.reason()))
-        });
+        records_in_line(
+            Format::Subscription,
+            b"H4sI!!",
+            Origin::default(),
+            &mut |r| got.push(r.map(|_| ()).map_err(|e| e.reason())),
+        );
         assert_eq!(got, vec![Err("bad_base64")]);
     }
 

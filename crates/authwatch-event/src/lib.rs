@@ -16,5 +16,5 @@ pub mod record;
 pub mod time;
 
 pub use event::{decode, AuditEvent, DecodeError, Decoded, Text};
-pub use record::{visit_events, EventView, RawRecord};
+pub use record::{cluster_from_log_group, visit_events, EventView, RawRecord};
 pub use time::Micros;

@@ -19,6 +19,18 @@ pub struct RawRecord<'a> {
     pub event_id: Option<&'a str>,
 }
 
+/// The cluster name in an EKS control-plane log group (`/aws/eks/<cluster>/cluster`).
+///
+/// ```
+/// use authwatch_event::record::cluster_from_log_group;
+/// assert_eq!(cluster_from_log_group("/aws/eks/prod-eu/cluster"), Some("prod-eu"));
+/// assert_eq!(cluster_from_log_group("/my/group"), None);
+/// ```
+pub fn cluster_from_log_group(group: &str) -> Option<&str> {
+    let name = group.strip_prefix("/aws/eks/")?.strip_suffix("/cluster")?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
 /// One decoded event with the context its record gave it.
 #[derive(Debug)]
 pub struct EventView<'e, 'a> {
@@ -36,7 +48,10 @@ pub struct EventView<'e, 'a> {
 /// a shipper's wrapper one), or once with the error if the record is not an event.
 ///
 /// Wrappers are followed one level deep: a wrapper inside a wrapper is an error, not a loop.
-pub fn visit_events(record: &RawRecord<'_>, f: &mut dyn FnMut(Result<EventView<'_, '_>, DecodeError>)) {
+pub fn visit_events(
+    record: &RawRecord<'_>,
+    f: &mut dyn FnMut(Result<EventView<'_, '_>, DecodeError>),
+) {
     visit(record, record.message, None, 0, f);
 }
 
@@ -109,13 +124,19 @@ mod tests {
             stream: Some("kube-apiserver-audit-1"),
             ..Default::default()
         };
-        assert_eq!(collect(&rec), vec![Ok((Some("own".into()), Some("a".into())))]);
+        assert_eq!(
+            collect(&rec),
+            vec![Ok((Some("own".into()), Some("a".into())))]
+        );
         let rec = RawRecord {
             message: br#"{"log":"{\"auditID\":\"a\"}","host":"wrap"}"#,
             stream: Some("kube-apiserver-audit-1"),
             ..Default::default()
         };
-        assert_eq!(collect(&rec), vec![Ok((Some("wrap".into()), Some("a".into())))]);
+        assert_eq!(
+            collect(&rec),
+            vec![Ok((Some("wrap".into()), Some("a".into())))]
+        );
         let rec = RawRecord {
             message: br#"{"auditID":"a"}"#,
             stream: Some("kube-apiserver-audit-1"),
@@ -123,19 +144,27 @@ mod tests {
         };
         assert_eq!(
             collect(&rec),
-            vec![Ok((Some("kube-apiserver-audit-1".into()), Some("a".into())))]
+            vec![Ok((
+                Some("kube-apiserver-audit-1".into()),
+                Some("a".into())
+            ))]
         );
     }
 
     #[test]
     fn lists_yield_each_item_and_wrappers_do_not_nest() {
         let rec = RawRecord {
-            message: br#"{"kind":"EventList","items":[{"auditID":"a"},{"kind":0},{"auditID":"b"}]}"#,
+            message:
+                br#"{"kind":"EventList","items":[{"auditID":"a"},{"kind":0},{"auditID":"b"}]}"#,
             ..Default::default()
         };
         assert_eq!(
             collect(&rec),
-            vec![Ok((None, Some("a".into()))), Err("not_an_event"), Ok((None, Some("b".into())))]
+            vec![
+                Ok((None, Some("a".into()))),
+                Err("not_an_event"),
+                Ok((None, Some("b".into())))
+            ]
         );
         let rec = RawRecord {
             message: br#"{"log":"{\"log\":\"{}\"}"}"#,

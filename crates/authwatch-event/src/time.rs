@@ -87,11 +87,9 @@ pub fn parse_timestamp(s: &str) -> Option<Micros> {
         _ => return None,
     };
     let days = days_from_civil(year, month, day);
-    let secs = days * 86_400
-        + i64::from(hour) * 3600
-        + i64::from(minute) * 60
-        + i64::from(second.min(59))
-        - offset_secs;
+    let secs =
+        days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second.min(59))
+            - offset_secs;
     Some(secs * MICROS_PER_SEC + frac_micros)
 }
 
@@ -193,10 +191,7 @@ mod tests {
             parse_timestamp("2023-01-27T19:28:08.1+01:00"),
             Some(base + 100_000)
         );
-        assert_eq!(
-            parse_timestamp("2023-01-27T17:28:08-01:00"),
-            Some(base)
-        );
+        assert_eq!(parse_timestamp("2023-01-27T17:28:08-01:00"), Some(base));
         assert_eq!(
             parse_timestamp("9999-12-31T23:59:59Z"),
             Some(253_402_300_799 * MICROS_PER_SEC)

@@ -1,1 +1,21 @@
-pub fn x(){}
+//! authwatch's rules and detection engine.
+//!
+//! A pure library: no async runtime, no AWS, no I/O, no clock. Rule files come in as text,
+//! events as decoded [`EventView`](authwatch_event::EventView)s carrying their own time, and
+//! alerts go out as [`Alert`] values. That is what makes replays deterministic and the
+//! engine testable, fuzzable and benchmarkable alone.
+//!
+//! - [`rule`]: the YAML rule format of detection.md and its validation.
+//! - [`field`]: dotted field paths and the values found at them.
+//! - [`engine`]: reorder buffer, auditID de-duplication, sliding windows, cooldown.
+//! - [`alert`]: the alert record every sink receives.
+#![warn(missing_docs)]
+
+pub mod alert;
+pub mod engine;
+pub mod field;
+pub mod rule;
+
+pub use alert::{Alert, Group};
+pub use engine::{Engine, EngineConfig, EngineStats};
+pub use rule::{check_unique_ids, load_rules, Rule, RuleError, Severity};

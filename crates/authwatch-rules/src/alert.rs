@@ -1,0 +1,99 @@
+//! The alert record of detection.md: the one thing every sink receives.
+
+use std::collections::BTreeMap;
+
+use authwatch_event::time::format_millis;
+use authwatch_event::Micros;
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use crate::rule::Severity;
+
+/// The values of a rule's `group_by` for one key, in rule order and spelled as in the rule.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Group(pub Vec<(String, String)>);
+
+impl Serialize for Group {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// One alert (detection.md, "Alert line"). Field order and names are the contract's; the
+/// extra fields (`alert_id`, `kind`, `description`) are allowed by it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    /// Rule id.
+    pub rule: String,
+    /// Rule severity.
+    pub severity: Severity,
+    /// The key: `group_by` entry → value.
+    pub group: Group,
+    /// Counted events in the window when the alert fired.
+    pub count: u64,
+    /// The rule's threshold.
+    pub threshold: u64,
+    /// The rule's window in seconds.
+    pub window_seconds: i64,
+    /// `window_end − window`.
+    #[serde(serialize_with = "ser_time")]
+    pub window_start: Micros,
+    /// The event time that fired the alert.
+    #[serde(serialize_with = "ser_time")]
+    pub window_end: Micros,
+    /// Counted events by response code.
+    pub codes: BTreeMap<String, u64>,
+    /// A few audit IDs of counted events, the most recent last.
+    pub sample_audit_ids: Vec<String>,
+    /// API servers (log streams or shipper hosts) the events came through, at most 10.
+    pub hosts: Vec<String>,
+    /// `user.username`s of counted events, at most 10.
+    pub users: Vec<String>,
+    /// Counted events by verb.
+    pub verbs: BTreeMap<String, u64>,
+    /// The cluster, when known (from the log group or configuration).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Stable id of this alert: the same rule, key and firing time always give the same id,
+    /// so re-processing the same events can be recognized downstream.
+    pub alert_id: String,
+    /// Rule kind (`threshold`).
+    pub kind: &'static str,
+    /// The rule's description.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+fn ser_time<S: Serializer>(t: &Micros, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_millis(*t))
+}
+
+impl Serialize for Severity {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Alert {
+    /// The alert as one JSON line (without the newline).
+    pub fn to_json_line(&self) -> String {
+        // Serializing plain strings, maps and integers cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// FNV-1a, 64-bit: a stable hash (unlike `std`'s, it is the same across runs and builds).
+pub(crate) fn stable_id(parts: &[&[u8]]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.iter().chain(std::iter::once(&0xffu8)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}

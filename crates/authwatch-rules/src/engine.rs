@@ -1,0 +1,507 @@
+//! The detection engine: rules applied to events in event-time order, sliding-window counts
+//! per rule and key, alerts (detection.md).
+//!
+//! Events come in through [`Engine::observe`] in whatever order the sources read them.
+//! Matching is stateless and happens at once; only the matches (few: most events are 2xx)
+//! are held in a reorder buffer until the watermark — the newest event time seen minus the
+//! lateness bound — passes them, and are then counted in time order. An event that arrives
+//! behind the watermark is *late*: it is still counted if a window that contains it is still
+//! open, and the late figure records it either way.
+//!
+//! There is no clock and no I/O here: the same events in give the same alerts out.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use authwatch_event::{cluster_from_log_group, EventView, Micros};
+use serde::Serialize;
+use smallvec::SmallVec;
+
+use crate::alert::{stable_id, Alert, Group};
+use crate::field::EventFacts;
+use crate::rule::Rule;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How far behind the newest event time an event may arrive and still be counted in exact
+    /// time order (detection.md: default 2 minutes).
+    pub max_lateness: Micros,
+    /// The cluster name put on alerts; when `None`, it is taken from the log group
+    /// (`/aws/eks/<cluster>/cluster`) of the event that fired.
+    pub cluster: Option<String>,
+    /// How many audit IDs an alert carries as samples.
+    pub sample_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_lateness: 120_000_000,
+            cluster: None,
+            sample_size: 5,
+        }
+    }
+}
+
+/// What the engine saw, for summaries and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Events given to [`Engine::observe`].
+    pub events: u64,
+    /// Events skipped for lack of any usable time (detection.md reason `no_timestamp`).
+    pub no_timestamp: u64,
+    /// Events that matched at least one rule.
+    pub matched: u64,
+    /// Rule matches not counted because the event lacked a `group_by` field.
+    pub missing_group_key: u64,
+    /// Rule matches not counted because their auditID was already counted for the rule.
+    pub duplicates: u64,
+    /// Events that arrived behind the watermark (newest time − lateness bound).
+    pub late_events: u64,
+    /// Late rule matches not counted because every window containing them had closed.
+    pub late_dropped: u64,
+    /// Alerts fired, by rule id.
+    pub alerts_by_rule: BTreeMap<String, u64>,
+}
+
+/// What an alert needs to know about one counted event; shared by every key it fans out to.
+#[derive(Debug)]
+struct HitInfo {
+    audit_id: Option<Arc<str>>,
+    code: Option<i64>,
+    verb: Option<Arc<str>>,
+    user: Option<Arc<str>>,
+    host: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+}
+
+type Key = Arc<[Box<str>]>;
+
+/// A rule match waiting in the reorder buffer.
+#[derive(Debug)]
+struct Pending {
+    time: Micros,
+    seq: u64,
+    rule: usize,
+    keys: SmallVec<[Key; 1]>,
+    info: Arc<HitInfo>,
+    /// It arrived behind the watermark.
+    late: bool,
+}
+
+impl Pending {
+    /// Ties in time are broken by auditID, then arrival: a shuffle of the input within the
+    /// lateness bound then releases matches in the same order.
+    fn order_key(&self) -> (Micros, Option<&str>, u64) {
+        (self.time, self.info.audit_id.as_deref(), self.seq)
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        self.order_key() == o.order_key()
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.order_key().cmp(&o.order_key())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    time: Micros,
+    info: Arc<HitInfo>,
+}
+
+impl Entry {
+    fn order_key(&self) -> (Micros, Option<&str>) {
+        (self.time, self.info.audit_id.as_deref())
+    }
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    /// Counted events, sorted by (time, auditID).
+    entries: VecDeque<Entry>,
+    /// No alert for this key before this event time.
+    cooling_until: Option<Micros>,
+}
+
+impl KeyState {
+    /// Number of entries with time in `(end − window, end]`, and the index of the first.
+    fn window(&self, end: Micros, window: Micros) -> (usize, usize) {
+        let first = self.entries.partition_point(|e| e.time <= end - window);
+        let last = self.entries.partition_point(|e| e.time <= end);
+        (first, last.saturating_sub(first))
+    }
+
+    fn cooling_at(&self, t: Micros) -> bool {
+        self.cooling_until.is_some_and(|c| t < c)
+    }
+}
+
+#[derive(Debug, Default)]
+struct RuleState {
+    /// auditIDs counted for this rule, with their event time, to ignore later copies.
+    seen: HashMap<Arc<str>, Micros>,
+    /// The same ids in the order counted, to forget them once no window can need them.
+    seen_order: VecDeque<(Micros, Arc<str>)>,
+    keys: HashMap<Key, KeyState>,
+}
+
+/// The detection engine (see the module docs).
+///
+/// ```
+/// use authwatch_event::{visit_events, RawRecord};
+/// use authwatch_rules::{load_rules, Engine, EngineConfig};
+///
+/// let rules = load_rules("r.yaml", "id: r\nmatch: {responseStatus.code: 403}\ngroup_by: [sourceIPs]\nwindow: 1m\nthreshold: 2\n").unwrap();
+/// let mut engine = Engine::new(rules, EngineConfig::default());
+/// let mut alerts = Vec::new();
+/// for (id, ts) in [("a", "10:00:00"), ("b", "10:00:30")] {
+///     let line = format!(r#"{{"auditID":"{id}","sourceIPs":["198.51.100.7"],"responseStatus":{{"code":403}},"requestReceivedTimestamp":"2026-11-20T{ts}Z"}}"#);
+///     let record = RawRecord { message: line.as_bytes(), ..Default::default() };
+///     visit_events(&record, &mut |ev| engine.observe(&ev.unwrap(), &mut alerts));
+/// }
+/// engine.finish(&mut alerts);
+/// assert_eq!(alerts.len(), 1);
+/// assert_eq!(alerts[0].group.0, [("sourceIPs".to_string(), "198.51.100.7".to_string())]);
+/// ```
+#[derive(Debug)]
+pub struct Engine {
+    rules: Vec<Rule>,
+    states: Vec<RuleState>,
+    pending: BinaryHeap<Reverse<Pending>>,
+    seq: u64,
+    max_seen: Option<Micros>,
+    /// Matches at or before this time are released to the windows (newest time − lateness).
+    watermark: Option<Micros>,
+    /// The newest time counted in the windows so far: the engine's "now".
+    clock: Option<Micros>,
+    last_sweep: Option<Micros>,
+    max_window: Micros,
+    config: EngineConfig,
+    cluster: Option<Arc<str>>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// An engine for these rules.
+    pub fn new(rules: Vec<Rule>, config: EngineConfig) -> Engine {
+        let max_window = rules.iter().map(|r| r.window).max().unwrap_or(0);
+        let stats = EngineStats {
+            alerts_by_rule: rules.iter().map(|r| (r.id.clone(), 0)).collect(),
+            ..Default::default()
+        };
+        Engine {
+            states: rules.iter().map(|_| RuleState::default()).collect(),
+            rules,
+            pending: BinaryHeap::new(),
+            seq: 0,
+            max_seen: None,
+            watermark: None,
+            clock: None,
+            last_sweep: None,
+            max_window,
+            cluster: config.cluster.as_deref().map(Arc::from),
+            config,
+            stats,
+        }
+    }
+
+    /// The rules, in load order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Matches rules currently tracked keys, summed over rules (for memory monitoring).
+    pub fn active_keys(&self) -> usize {
+        self.states.iter().map(|s| s.keys.len()).sum()
+    }
+
+    /// Takes one event; appends any alerts it (or the watermark it moves) fires to `out`.
+    pub fn observe(&mut self, view: &EventView<'_, '_>, out: &mut Vec<Alert>) {
+        self.stats.events += 1;
+        let Some(t) = view.time else {
+            self.stats.no_timestamp += 1;
+            return;
+        };
+        let late = self.watermark.is_some_and(|w| t < w);
+        if late {
+            self.stats.late_events += 1;
+        }
+        let facts = EventFacts::new(view);
+        let mut info: Option<Arc<HitInfo>> = None;
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.matches(&facts) {
+                continue;
+            }
+            let keys = group_keys(rule, &facts);
+            if keys.is_empty() {
+                self.stats.missing_group_key += 1;
+                continue;
+            }
+            let info = info
+                .get_or_insert_with(|| Arc::new(hit_info(view, self.cluster.as_ref())))
+                .clone();
+            self.seq += 1;
+            self.pending.push(Reverse(Pending {
+                time: t,
+                seq: self.seq,
+                rule: i,
+                keys,
+                info,
+                late,
+            }));
+        }
+        if info.is_some() {
+            self.stats.matched += 1;
+        }
+        if self.max_seen.is_none_or(|m| t > m) {
+            self.max_seen = Some(t);
+            let w = t.saturating_sub(self.config.max_lateness);
+            if self.watermark.is_none_or(|old| w > old) {
+                self.watermark = Some(w);
+            }
+        }
+        self.release(out);
+    }
+
+    /// End of input: counts everything still held back and appends the alerts.
+    pub fn finish(&mut self, out: &mut Vec<Alert>) {
+        while let Some(Reverse(p)) = self.pending.pop() {
+            self.count(p, out);
+        }
+    }
+
+    fn release(&mut self, out: &mut Vec<Alert>) {
+        let Some(w) = self.watermark else { return };
+        while self.pending.peek().is_some_and(|Reverse(p)| p.time <= w) {
+            if let Some(Reverse(p)) = self.pending.pop() {
+                self.count(p, out);
+            }
+        }
+        if let Some(now) = self.clock {
+            if self.last_sweep.is_none_or(|s| now - s >= self.max_window) {
+                self.sweep(now);
+                self.last_sweep = Some(now);
+            }
+        }
+    }
+
+    /// Counts one released match (dedup, window, threshold, cooldown).
+    fn count(&mut self, p: Pending, out: &mut Vec<Alert>) {
+        let rule = &self.rules[p.rule];
+        let state = &mut self.states[p.rule];
+        let now = self.clock.map_or(p.time, |c| c.max(p.time));
+        self.clock = Some(now);
+        if p.late && p.time <= now.saturating_sub(rule.window) {
+            // Every window containing it closed before "now": nothing left to count it in.
+            self.stats.late_dropped += 1;
+            return;
+        }
+        if let Some(id) = &p.info.audit_id {
+            if state.seen.contains_key(id) {
+                self.stats.duplicates += 1;
+                return;
+            }
+            state.seen.insert(id.clone(), p.time);
+            state.seen_order.push_back((p.time, id.clone()));
+        }
+        // Late matches may need entries back to now − 2 × window; older ones can go.
+        let horizon = now.saturating_sub(2 * rule.window);
+        for key in p.keys {
+            let ks = state.keys.entry(key.clone()).or_default();
+            let entry = Entry {
+                time: p.time,
+                info: p.info.clone(),
+            };
+            let pos = ks
+                .entries
+                .partition_point(|e| e.order_key() <= entry.order_key());
+            ks.entries.insert(pos, entry);
+            while ks.entries.front().is_some_and(|e| e.time <= horizon) {
+                ks.entries.pop_front();
+            }
+            // Evaluate at the event's own time; a late event may also complete the window
+            // that ends at the key's newest event.
+            let newest = ks.entries.back().map_or(p.time, |e| e.time);
+            let ends: &[Micros] = if newest > p.time {
+                &[p.time, newest]
+            } else {
+                &[p.time]
+            };
+            for &end in ends {
+                let (first, n) = ks.window(end, rule.window);
+                if n as u64 >= rule.threshold && !ks.cooling_at(end) {
+                    ks.cooling_until = Some(end.saturating_add(rule.cooldown));
+                    let window = ks.entries.range(first..first + n);
+                    out.push(build_alert(
+                        rule,
+                        &key,
+                        window,
+                        end,
+                        n as u64,
+                        self.config.sample_size,
+                    ));
+                    *self
+                        .stats
+                        .alerts_by_rule
+                        .entry(rule.id.clone())
+                        .or_default() += 1;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Forgets auditIDs and keys that no open window can need any more.
+    fn sweep(&mut self, now: Micros) {
+        for (rule, state) in self.rules.iter().zip(&mut self.states) {
+            // A copy of an older id would be late with its windows closed: dropped anyway.
+            let forget_before = now.saturating_sub(rule.window);
+            while let Some((t, id)) = state.seen_order.front() {
+                if *t > forget_before {
+                    break;
+                }
+                if state.seen.get(id) == Some(t) {
+                    state.seen.remove(id);
+                }
+                state.seen_order.pop_front();
+            }
+            let horizon = now.saturating_sub(2 * rule.window);
+            state.keys.retain(|_, ks| {
+                ks.entries.back().is_some_and(|e| e.time > horizon) || ks.cooling_at(now)
+            });
+        }
+    }
+}
+
+fn hit_info(view: &EventView<'_, '_>, cluster: Option<&Arc<str>>) -> HitInfo {
+    let ev = view.event;
+    HitInfo {
+        audit_id: ev.audit_id.as_ref().map(|a| Arc::from(a.as_str())),
+        code: ev.code(),
+        verb: ev.verb.as_ref().map(|v| Arc::from(v.as_str())),
+        user: ev.username().map(Arc::from),
+        host: view.host.map(Arc::from),
+        cluster: cluster.cloned().or_else(|| {
+            view.log_group
+                .and_then(cluster_from_log_group)
+                .map(Arc::from)
+        }),
+    }
+}
+
+/// The keys an event counts toward: one value per `group_by` field, fanning out over lists
+/// (`sourceIPs`). No key if any field is absent.
+fn group_keys(rule: &Rule, facts: &EventFacts<'_, '_, '_>) -> SmallVec<[Key; 1]> {
+    let mut keys: SmallVec<[Vec<Box<str>>; 1]> = smallvec::smallvec![Vec::new()];
+    for g in &rule.group_by {
+        let mut values: Vec<String> = facts.values(&g.field).iter().map(|v| v.to_key()).collect();
+        values.sort_unstable();
+        values.dedup();
+        if values.is_empty() {
+            return SmallVec::new();
+        }
+        let mut next = SmallVec::with_capacity(keys.len() * values.len());
+        for k in &keys {
+            for v in &values {
+                let mut k = k.clone();
+                k.push(v.as_str().into());
+                next.push(k);
+            }
+        }
+        keys = next;
+    }
+    keys.into_iter().map(Key::from).collect()
+}
+
+fn build_alert<'a>(
+    rule: &Rule,
+    key: &Key,
+    window: impl Iterator<Item = &'a Entry> + Clone,
+    end: Micros,
+    count: u64,
+    sample_size: usize,
+) -> Alert {
+    let mut codes = BTreeMap::new();
+    let mut verbs = BTreeMap::new();
+    let mut hosts = BTreeSet::new();
+    let mut users = BTreeSet::new();
+    let mut samples = VecDeque::with_capacity(sample_size + 1);
+    let mut cluster = None;
+    for e in window {
+        let i = &e.info;
+        let code = i.code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        *codes.entry(code).or_insert(0) += 1;
+        if let Some(v) = &i.verb {
+            *verbs.entry(v.to_string()).or_insert(0) += 1;
+        }
+        if let Some(h) = &i.host {
+            if hosts.len() < LIST_CAP || hosts.contains(h) {
+                hosts.insert(h.clone());
+            }
+        }
+        if let Some(u) = &i.user {
+            if users.len() < LIST_CAP || users.contains(u) {
+                users.insert(u.clone());
+            }
+        }
+        if let Some(a) = &i.audit_id {
+            samples.push_back(a.to_string());
+            if samples.len() > sample_size {
+                samples.pop_front();
+            }
+        }
+        // The firing event is the last in the window: its cluster names the alert.
+        cluster = i.cluster.clone();
+    }
+    let group = Group(
+        rule.group_by
+            .iter()
+            .zip(key.iter())
+            .map(|(g, v)| (g.name.clone(), v.to_string()))
+            .collect(),
+    );
+    let mut id_parts: Vec<&[u8]> = vec![rule.id.as_bytes()];
+    id_parts.extend(key.iter().map(|v| v.as_bytes()));
+    let end_bytes = end.to_be_bytes();
+    id_parts.push(&end_bytes);
+    Alert {
+        rule: rule.id.clone(),
+        severity: rule.severity,
+        alert_id: stable_id(&id_parts),
+        group,
+        count,
+        threshold: rule.threshold,
+        window_seconds: rule.window / 1_000_000,
+        window_start: end - rule.window,
+        window_end: end,
+        codes,
+        sample_audit_ids: samples.into(),
+        hosts: hosts.into_iter().map(|h| h.to_string()).collect(),
+        users: users.into_iter().map(|u| u.to_string()).collect(),
+        verbs,
+        cluster: cluster.map(|c| c.to_string()),
+        kind: "threshold",
+        description: rule.description.clone(),
+    }
+}
+
+/// Lists in alerts (hosts, users) carry at most this many values.
+const LIST_CAP: usize = 10;

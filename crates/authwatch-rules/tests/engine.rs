@@ -1,0 +1,347 @@
+//! The engine against detection.md: windows, thresholds, cooldown, dedup, fan-out, lateness,
+//! and properties (order within the lateness bound and duplicate delivery change nothing; a
+//! brute-force reading of the contract agrees with the engine).
+
+use authwatch_event::time::{format_millis, parse_timestamp};
+use authwatch_event::{visit_events, Micros, RawRecord};
+use authwatch_rules::{load_rules, Alert, Engine, EngineConfig};
+use proptest::prelude::*;
+
+const SEC: Micros = 1_000_000;
+
+#[derive(Debug, Clone)]
+struct Ev {
+    id: String,
+    t: Micros,
+    ips: Vec<String>,
+    code: i64,
+    user: Option<String>,
+}
+
+impl Ev {
+    fn line(&self) -> String {
+        let user = self
+            .user
+            .as_ref()
+            .map_or_else(|| "{}".to_owned(), |u| format!(r#"{{"username":"{u}"}}"#));
+        format!(
+            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"{}","verb":"get","requestURI":"/api","user":{},"sourceIPs":{},"responseStatus":{{"code":{}}},"requestReceivedTimestamp":"{}"}}"#,
+            self.id,
+            user,
+            serde_json::to_string(&self.ips).unwrap(),
+            self.code,
+            format_millis(self.t)
+        )
+    }
+}
+
+fn base() -> Micros {
+    parse_timestamp("2026-11-20T10:00:00Z").unwrap()
+}
+
+fn ev(id: &str, secs: i64, ip: &str, code: i64) -> Ev {
+    Ev {
+        id: id.into(),
+        t: base() + secs * SEC,
+        ips: vec![ip.into()],
+        code,
+        user: Some("bob".into()),
+    }
+}
+
+fn rule(threshold: u64, window: &str, cooldown: &str) -> String {
+    format!("id: r\nseverity: high\nmatch: {{responseStatus.code: [401, 403]}}\ngroup_by: [sourceIPs]\nwindow: {window}\nthreshold: {threshold}\ncooldown: {cooldown}\n")
+}
+
+fn run_with(
+    rules_yaml: &str,
+    events: &[Ev],
+    lateness: Micros,
+) -> (Vec<Alert>, authwatch_rules::EngineStats) {
+    let rules = load_rules("test.yaml", rules_yaml).unwrap();
+    let mut engine = Engine::new(
+        rules,
+        EngineConfig {
+            max_lateness: lateness,
+            ..Default::default()
+        },
+    );
+    let mut alerts = Vec::new();
+    for e in events {
+        let line = e.line();
+        let rec = RawRecord {
+            message: line.as_bytes(),
+            stream: Some("kube-apiserver-audit-0"),
+            log_group: Some("/aws/eks/prod/cluster"),
+            ..Default::default()
+        };
+        visit_events(&rec, &mut |v| engine.observe(&v.unwrap(), &mut alerts));
+    }
+    engine.finish(&mut alerts);
+    (alerts, engine.stats().clone())
+}
+
+fn run(rules_yaml: &str, events: &[Ev]) -> Vec<Alert> {
+    run_with(rules_yaml, events, 120 * SEC).0
+}
+
+#[test]
+fn fires_at_the_event_that_reaches_the_threshold() {
+    let events: Vec<Ev> = (0..5)
+        .map(|i| ev(&format!("a{i}"), i * 10, "198.51.100.7", 403))
+        .collect();
+    let alerts = run(&rule(3, "1m", "10m"), &events);
+    assert_eq!(alerts.len(), 1);
+    let a = &alerts[0];
+    assert_eq!(a.count, 3);
+    assert_eq!(a.window_end, base() + 20 * SEC);
+    assert_eq!(a.window_start, base() + 20 * SEC - 60 * SEC);
+    assert_eq!(a.sample_audit_ids, ["a0", "a1", "a2"]);
+    assert_eq!(a.hosts, ["kube-apiserver-audit-0"]);
+    assert_eq!(a.users, ["bob"]);
+    assert_eq!(a.cluster.as_deref(), Some("prod"));
+    assert_eq!(a.codes.get("403"), Some(&3));
+    let json: serde_json::Value = serde_json::from_str(&a.to_json_line()).unwrap();
+    assert_eq!(
+        json["group"],
+        serde_json::json!({"sourceIPs": "198.51.100.7"})
+    );
+    assert_eq!(json["window_end"], "2026-11-20T10:00:20.000Z");
+    assert_eq!(json["window_seconds"], 60);
+    assert_eq!(json["severity"], "high");
+}
+
+#[test]
+fn window_is_half_open_and_slides() {
+    // Events 60 s apart never share a 60 s window (t − window is excluded).
+    let events: Vec<Ev> = (0..6)
+        .map(|i| ev(&format!("a{i}"), i * 60, "ip", 403))
+        .collect();
+    assert!(run(&rule(2, "1m", "1m"), &events).is_empty());
+    let events: Vec<Ev> = (0..6)
+        .map(|i| ev(&format!("a{i}"), i * 59, "ip", 403))
+        .collect();
+    assert_eq!(run(&rule(2, "1m", "0s"), &events).len(), 5);
+}
+
+#[test]
+fn cooldown_holds_until_event_time_reaches_it() {
+    let events: Vec<Ev> = (0..20)
+        .map(|i| ev(&format!("a{i}"), i * 10, "ip", 401))
+        .collect();
+    let alerts = run(&rule(2, "1m", "60s"), &events);
+    let ends: Vec<i64> = alerts
+        .iter()
+        .map(|a| (a.window_end - base()) / SEC)
+        .collect();
+    assert_eq!(ends, [10, 70, 130, 190]);
+}
+
+#[test]
+fn counts_only_matching_events_per_key_and_fans_out_over_source_ips() {
+    let mut events = vec![
+        ev("a", 0, "198.51.100.7", 403),
+        ev("b", 1, "198.51.100.7", 200),
+        ev("c", 2, "203.0.113.9", 403),
+    ];
+    events.push(Ev {
+        ips: vec!["198.51.100.7".into(), "10.0.3.4".into()],
+        ..ev("d", 3, "", 403)
+    });
+    let alerts = run(&rule(2, "1m", "1m"), &events);
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].group.0[0].1, "198.51.100.7");
+    let alerts = run(&rule(1, "1m", "1m"), &events);
+    let mut keys: Vec<&str> = alerts.iter().map(|a| a.group.0[0].1.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["10.0.3.4", "198.51.100.7", "203.0.113.9"]);
+}
+
+#[test]
+fn an_audit_id_counts_once_per_rule_and_a_missing_key_not_at_all() {
+    let mut events = vec![
+        ev("a", 0, "ip", 403),
+        ev("a", 0, "ip", 403),
+        ev("a", 1, "ip", 403),
+    ];
+    events.push(Ev {
+        user: None,
+        ..ev("b", 2, "ip", 401)
+    });
+    let by_user = "id: u\nmatch: {responseStatus.code: [401, 403]}\ngroup_by: [k8s_user.username]\nwindow: 1m\nthreshold: 2\n";
+    let (alerts, stats) = run_with(by_user, &events, 120 * SEC);
+    assert!(alerts.is_empty(), "{alerts:?}");
+    assert_eq!(stats.duplicates, 2);
+    assert_eq!(stats.missing_group_key, 1);
+    let (alerts, _) = run_with(&rule(2, "1m", "1m"), &events, 120 * SEC);
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].sample_audit_ids, ["a", "b"]);
+    assert_eq!(alerts[0].group.0[0].0, "sourceIPs");
+    let json: serde_json::Value = serde_json::from_str(&alerts[0].to_json_line()).unwrap();
+    assert_eq!(json["codes"], serde_json::json!({"401": 1, "403": 1}));
+}
+
+#[test]
+fn group_keys_keep_the_rule_spelling() {
+    let yaml = "id: u\nmatch: {responseStatus.code: 403}\ngroup_by: [k8s_user.username, host]\nwindow: 1m\nthreshold: 1\n";
+    let alerts = run(yaml, &[ev("a", 0, "ip", 403)]);
+    assert_eq!(
+        alerts[0].group.0,
+        [
+            ("k8s_user.username".to_string(), "bob".to_string()),
+            ("host".to_string(), "kube-apiserver-audit-0".to_string())
+        ]
+    );
+}
+
+#[test]
+fn late_events_count_while_their_window_is_open() {
+    // Events up to 590 s put the watermark at 470 s; then events older than that arrive.
+    let mut events: Vec<Ev> = (0..60)
+        .map(|i| ev(&format!("n{i}"), i * 10, "other", 403))
+        .collect();
+    events.push(ev("x1", 300, "late", 403));
+    events.push(ev("x2", 440, "late", 403));
+    events.push(ev("x3", 445, "late", 403));
+    events.push(ev("x4", 450, "late", 403));
+    let (alerts, stats) = run_with(&rule(3, "1m", "1m"), &events, 120 * SEC);
+    let late: Vec<&Alert> = alerts.iter().filter(|a| a.group.0[0].1 == "late").collect();
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0].window_end, base() + 450 * SEC);
+    assert_eq!(late[0].count, 3);
+    assert_eq!(stats.late_events, 4);
+    // x1 at 300 s: every window containing it closed before "now" (470 s).
+    assert_eq!(stats.late_dropped, 1);
+}
+
+#[test]
+fn events_without_time_are_counted_and_skipped() {
+    let rules = load_rules("t.yaml", &rule(1, "1m", "1m")).unwrap();
+    let mut engine = Engine::new(rules, EngineConfig::default());
+    let mut alerts = Vec::new();
+    let rec = RawRecord {
+        message: br#"{"auditID":"a","sourceIPs":["ip"],"responseStatus":{"code":403}}"#,
+        ..Default::default()
+    };
+    visit_events(&rec, &mut |v| engine.observe(&v.unwrap(), &mut alerts));
+    engine.finish(&mut alerts);
+    assert!(alerts.is_empty());
+    assert_eq!(engine.stats().no_timestamp, 1);
+}
+
+/// detection.md read literally: events in (time, auditID) order, first copy per auditID,
+/// count over (t − window, t], fire when ≥ threshold and not cooling.
+fn reference(
+    events: &[Ev],
+    threshold: usize,
+    window: Micros,
+    cooldown: Micros,
+) -> Vec<(String, Micros, u64)> {
+    let mut sorted: Vec<&Ev> = events
+        .iter()
+        .filter(|e| e.code == 401 || e.code == 403)
+        .collect();
+    sorted.sort_by(|a, b| (a.t, &a.id).cmp(&(b.t, &b.id)));
+    let mut seen = std::collections::HashSet::new();
+    let mut counted: Vec<(String, Micros)> = Vec::new();
+    let mut cooling: std::collections::HashMap<String, Micros> = Default::default();
+    let mut out = Vec::new();
+    for e in sorted {
+        if !seen.insert(e.id.clone()) {
+            continue;
+        }
+        let mut ips = e.ips.clone();
+        ips.sort();
+        ips.dedup();
+        for ip in ips {
+            counted.push((ip.clone(), e.t));
+            let n = counted
+                .iter()
+                .filter(|(k, t)| *k == ip && *t > e.t - window && *t <= e.t)
+                .count();
+            if n >= threshold && cooling.get(&ip).is_none_or(|c| e.t >= *c) {
+                cooling.insert(ip.clone(), e.t + cooldown);
+                out.push((ip, e.t, n as u64));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn summary(alerts: &[Alert]) -> Vec<(String, Micros, u64)> {
+    let mut v: Vec<_> = alerts
+        .iter()
+        .map(|a| (a.group.0[0].1.clone(), a.window_end, a.count))
+        .collect();
+    v.sort();
+    v
+}
+
+fn stream() -> impl Strategy<Value = Vec<Ev>> {
+    prop::collection::vec(
+        (
+            0i64..20_000,
+            0usize..4,
+            0usize..3,
+            prop::bool::weighted(0.15),
+        ),
+        1..150,
+    )
+    .prop_map(|raw| {
+        let ips = ["198.51.100.7", "203.0.113.9", "10.0.3.4", "2001:db8::1"];
+        let codes = [200, 401, 403];
+        let mut t = base();
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, (gap_ms, ip, code, two))| {
+                t += gap_ms * 1000;
+                let mut v = vec![ips[ip].to_string()];
+                if two {
+                    v.push(ips[(ip + 1) % 4].to_string());
+                }
+                Ev {
+                    id: format!("id-{i:04}"),
+                    t,
+                    ips: v,
+                    code: codes[code],
+                    user: Some("u".into()),
+                }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_agrees_with_the_reference(events in stream(), threshold in 1usize..6, win_s in 5i64..90, cool_s in 0i64..120) {
+        let yaml = rule(threshold as u64, &format!("{win_s}s"), &format!("{cool_s}s"));
+        let got = summary(&run(&yaml, &events));
+        prop_assert_eq!(got, reference(&events, threshold, win_s * SEC, cool_s * SEC));
+    }
+
+    #[test]
+    fn order_within_the_lateness_bound_and_duplicates_change_nothing(
+        events in stream(),
+        jitter in prop::collection::vec(0i64..120_000_000, 300),
+        dup in prop::collection::vec(prop::bool::ANY, 150),
+    ) {
+        let yaml = rule(3, "30s", "20s");
+        let expected = run(&yaml, &events);
+        // Each copy arrives at its time plus a delay below the 2-minute bound.
+        let mut arrivals: Vec<(Micros, usize, Ev)> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            arrivals.push((e.t + jitter[i % jitter.len()], i, e.clone()));
+            if dup[i % dup.len()] {
+                arrivals.push((e.t + jitter[(i + 150) % jitter.len()], i + 1000, e.clone()));
+            }
+        }
+        arrivals.sort_by_key(|(a, i, _)| (*a, *i));
+        let shuffled: Vec<Ev> = arrivals.into_iter().map(|(_, _, e)| e).collect();
+        let (got, stats) = run_with(&yaml, &shuffled, 120 * SEC);
+        prop_assert_eq!(stats.late_events, 0);
+        prop_assert_eq!(got, expected);
+    }
+}
