@@ -1,0 +1,462 @@
+//! Replay inputs: files, directories (CloudWatch Logs' S3 export trees among them) and
+//! standard input, each recognized by content.
+//!
+//! [`plan`] looks at every input once (gzip by magic bytes, then the framing by the first
+//! decompressed bytes) and groups cw-export files into streams: in an export tree
+//! `<taskId>/<logStream>/000000.gz`, the directory a file sits in names its log stream, which
+//! becomes the events' `host`. [`Plan::run`] then reads everything, merging the streams of an
+//! export tree by time (the files of one stream are already in time order).
+
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use authwatch_event::framing::{self, detect, is_gzip, Format, FramingError, Origin};
+use authwatch_event::{Micros, RawRecord};
+
+/// How many leading bytes are looked at to recognize a framing.
+const PEEK: usize = 64 * 1024;
+
+/// CloudWatch writes this probe file at the root of an export; it holds no events.
+const EXPORT_PROBE_FILE: &str = "aws-logs-write-test";
+
+/// `--format`: recognize by content, or force one framing for every input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatChoice {
+    /// Detect each input's framing from its content.
+    Auto,
+    /// Use this framing for every input.
+    Fixed(Format),
+}
+
+/// An input that cannot be read. Always names the input.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {error}")]
+pub struct InputError {
+    /// The file or directory (`-` for standard input).
+    pub path: String,
+    /// What went wrong.
+    #[source]
+    pub error: io::Error,
+}
+
+impl InputError {
+    fn new(path: &Path, error: io::Error) -> InputError {
+        InputError {
+            path: path.display().to_string(),
+            error,
+        }
+    }
+}
+
+/// Where a record came from, for parse-error samples.
+#[derive(Debug, Clone, Copy)]
+pub struct Location<'a> {
+    /// The input's name.
+    pub name: &'a str,
+    /// 1-based line (line framings) or record number (document framings).
+    pub index: u64,
+    /// Whether `index` counts lines.
+    pub is_line: bool,
+}
+
+impl fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_line {
+            write!(f, "{}:{}", self.name, self.index)
+        } else {
+            write!(f, "{} (record {})", self.name, self.index)
+        }
+    }
+}
+
+/// A log stream of an export tree: its files in name (= time) order.
+#[derive(Debug, Clone)]
+pub struct ExportStream {
+    /// The log stream name (the directory name).
+    pub name: String,
+    /// Its files.
+    pub files: Vec<PathBuf>,
+}
+
+/// One unit of replay work.
+#[derive(Debug, Clone)]
+pub enum Unit {
+    /// A single file in one framing.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Its framing.
+        format: Format,
+    },
+    /// Standard input (framing recognized when it is read).
+    Stdin,
+    /// cw-export streams found under one input path, merged by time.
+    ExportTree {
+        /// The path the user gave.
+        root: PathBuf,
+        /// Its streams.
+        streams: Vec<ExportStream>,
+    },
+}
+
+/// Everything a replay will read.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The work, in input order.
+    pub units: Vec<Unit>,
+    /// Files to read (standard input not included).
+    pub files: u64,
+    /// Their total size on disk.
+    pub total_bytes: u64,
+    /// The framing chosen for each file, for the summary.
+    pub formats: BTreeMap<String, &'static str>,
+    choice: FormatChoice,
+}
+
+/// Looks at the inputs and decides how to read each. `-` is standard input.
+pub fn plan(inputs: &[PathBuf], choice: FormatChoice) -> Result<Plan, InputError> {
+    let mut plan = Plan {
+        units: Vec::new(),
+        files: 0,
+        total_bytes: 0,
+        formats: BTreeMap::new(),
+        choice,
+    };
+    for input in inputs {
+        if input.as_os_str() == "-" {
+            plan.units.push(Unit::Stdin);
+            continue;
+        }
+        let meta = std::fs::metadata(input).map_err(|e| InputError::new(input, e))?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            walk(input, &mut files).map_err(|e| InputError::new(input, e))?;
+            let mut streams: BTreeMap<PathBuf, ExportStream> = BTreeMap::new();
+            for file in files {
+                if file.file_name().is_some_and(|n| n == EXPORT_PROBE_FILE) {
+                    continue;
+                }
+                let format = plan.add_file(&file)?;
+                if format == Format::CwExport {
+                    let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
+                    streams
+                        .entry(dir.clone())
+                        .or_insert_with(|| ExportStream {
+                            name: stream_name(&file),
+                            files: Vec::new(),
+                        })
+                        .files
+                        .push(file);
+                } else {
+                    plan.units.push(Unit::File { path: file, format });
+                }
+            }
+            if !streams.is_empty() {
+                plan.units.push(Unit::ExportTree {
+                    root: input.clone(),
+                    streams: streams.into_values().collect(),
+                });
+            }
+        } else {
+            let format = plan.add_file(input)?;
+            if format == Format::CwExport {
+                plan.units.push(Unit::ExportTree {
+                    root: input.clone(),
+                    streams: vec![ExportStream {
+                        name: stream_name(input),
+                        files: vec![input.clone()],
+                    }],
+                });
+            } else {
+                plan.units.push(Unit::File {
+                    path: input.clone(),
+                    format,
+                });
+            }
+        }
+    }
+    Ok(plan)
+}
+
+impl Plan {
+    fn add_file(&mut self, path: &Path) -> Result<Format, InputError> {
+        let file = File::open(path).map_err(|e| InputError::new(path, e))?;
+        let size = file.metadata().map_err(|e| InputError::new(path, e))?.len();
+        let format = match self.choice {
+            FormatChoice::Fixed(f) => f,
+            FormatChoice::Auto => {
+                let (_, head) =
+                    open_decoded(Box::new(file)).map_err(|e| InputError::new(path, e))?;
+                detect(&head)
+            }
+        };
+        self.files += 1;
+        self.total_bytes += size;
+        self.formats
+            .insert(path.display().to_string(), format.name());
+        Ok(format)
+    }
+
+    /// Reads every unit, calling `sink` for each record (or framing error) with its location.
+    /// `progress` counts bytes read from disk (compressed size for gzip).
+    pub fn run(
+        &self,
+        progress: &Arc<AtomicU64>,
+        sink: &mut dyn FnMut(Result<RawRecord<'_>, FramingError>, Location<'_>) -> io::Result<()>,
+    ) -> Result<(), InputError> {
+        for unit in &self.units {
+            match unit {
+                Unit::File { path, format } => {
+                    let name = path.display().to_string();
+                    let file = File::open(path).map_err(|e| InputError::new(path, e))?;
+                    let counted = CountingReader::new(file, progress.clone());
+                    let (reader, head) =
+                        open_decoded(Box::new(counted)).map_err(|e| InputError::new(path, e))?;
+                    read_framed(reader, &head, *format, &name, Origin::default(), sink)
+                        .map_err(|e| InputError::new(path, e))?;
+                }
+                Unit::Stdin => {
+                    let counted = CountingReader::new(io::stdin().lock(), progress.clone());
+                    let stdin_path = Path::new("-");
+                    let (reader, head) = open_decoded(Box::new(counted))
+                        .map_err(|e| InputError::new(stdin_path, e))?;
+                    let format = match self.choice {
+                        FormatChoice::Fixed(f) => f,
+                        FormatChoice::Auto => detect(&head),
+                    };
+                    read_framed(reader, &head, format, "<stdin>", Origin::default(), sink)
+                        .map_err(|e| InputError::new(stdin_path, e))?;
+                }
+                Unit::ExportTree { streams, .. } => merge_streams(streams, progress, sink)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<io::Result<_>>()?;
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if p
+            .file_name()
+            .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn stream_name(file: &Path) -> String {
+    file.parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads up to [`PEEK`] bytes without losing them.
+fn peek(mut r: Box<dyn Read>) -> io::Result<(Box<dyn Read>, Vec<u8>)> {
+    let mut head = Vec::with_capacity(PEEK);
+    (&mut r).take(PEEK as u64).read_to_end(&mut head)?;
+    let again = Cursor::new(head.clone()).chain(r);
+    Ok((Box::new(again), head))
+}
+
+/// Undoes gzip when the magic bytes say so; returns a buffered reader of the content and its
+/// first bytes (for framing detection).
+pub fn open_decoded(r: Box<dyn Read>) -> io::Result<(Box<dyn BufRead>, Vec<u8>)> {
+    let (r, head) = peek(r)?;
+    let (r, head) = if is_gzip(&head) {
+        peek(Box::new(flate2::read::MultiGzDecoder::new(
+            BufReader::with_capacity(256 * 1024, r),
+        )))?
+    } else {
+        (r, head)
+    };
+    Ok((Box::new(BufReader::with_capacity(256 * 1024, r)), head))
+}
+
+fn read_framed(
+    mut reader: Box<dyn BufRead>,
+    head: &[u8],
+    format: Format,
+    name: &str,
+    origin: Origin<'_>,
+    sink: &mut dyn FnMut(Result<RawRecord<'_>, FramingError>, Location<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    if format.is_line_based(head) {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let mut line_no = 0u64;
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf)? == 0 {
+                return Ok(());
+            }
+            line_no += 1;
+            let loc = Location {
+                name,
+                index: line_no,
+                is_line: true,
+            };
+            let mut result = Ok(());
+            framing::records_in_line(format, &buf, origin, &mut |r| {
+                if result.is_ok() {
+                    result = sink(r, loc);
+                }
+            });
+            result?;
+        }
+    } else {
+        let mut doc = Vec::new();
+        reader.read_to_end(&mut doc)?;
+        let mut n = 0u64;
+        let mut result = Ok(());
+        framing::records_in_document(format, &doc, origin, &mut |r| {
+            n += 1;
+            if result.is_ok() {
+                result = sink(
+                    r,
+                    Location {
+                        name,
+                        index: n,
+                        is_line: false,
+                    },
+                );
+            }
+        });
+        result
+    }
+}
+
+/// One stream of an export tree being read: its current line and time.
+struct StreamCursor<'s> {
+    stream: &'s ExportStream,
+    next_file: usize,
+    reader: Option<Box<dyn BufRead>>,
+    file_name: String,
+    line_no: u64,
+    buf: Vec<u8>,
+    time: Micros,
+}
+
+impl StreamCursor<'_> {
+    /// Moves to the next line; false at the end of the stream's last file.
+    fn advance(&mut self, progress: &Arc<AtomicU64>) -> Result<bool, InputError> {
+        loop {
+            if self.reader.is_none() {
+                let Some(path) = self.stream.files.get(self.next_file) else {
+                    return Ok(false);
+                };
+                self.next_file += 1;
+                let file = File::open(path).map_err(|e| InputError::new(path, e))?;
+                let counted = CountingReader::new(file, progress.clone());
+                let (reader, _) =
+                    open_decoded(Box::new(counted)).map_err(|e| InputError::new(path, e))?;
+                self.reader = Some(reader);
+                self.file_name = path.display().to_string();
+                self.line_no = 0;
+            }
+            let Some(reader) = self.reader.as_mut() else {
+                continue;
+            };
+            self.buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| InputError {
+                    path: self.file_name.clone(),
+                    error: e,
+                })?;
+            if n == 0 {
+                self.reader = None;
+                continue;
+            }
+            self.line_no += 1;
+            // A line without a time keeps its stream's place (its error is reported later).
+            if let Some(t) = framing::cw_export_time(&self.buf) {
+                self.time = t;
+            }
+            return Ok(true);
+        }
+    }
+}
+
+fn merge_streams(
+    streams: &[ExportStream],
+    progress: &Arc<AtomicU64>,
+    sink: &mut dyn FnMut(Result<RawRecord<'_>, FramingError>, Location<'_>) -> io::Result<()>,
+) -> Result<(), InputError> {
+    let mut cursors: Vec<StreamCursor<'_>> = Vec::with_capacity(streams.len());
+    let mut heap = BinaryHeap::new();
+    for stream in streams {
+        let mut c = StreamCursor {
+            stream,
+            next_file: 0,
+            reader: None,
+            file_name: String::new(),
+            line_no: 0,
+            buf: Vec::with_capacity(16 * 1024),
+            time: Micros::MIN,
+        };
+        if c.advance(progress)? {
+            heap.push(std::cmp::Reverse((c.time, cursors.len())));
+        }
+        cursors.push(c);
+    }
+    while let Some(std::cmp::Reverse((_, i))) = heap.pop() {
+        let c = &mut cursors[i];
+        let origin = Origin {
+            stream: Some(c.stream.name.as_str()),
+            log_group: None,
+        };
+        let loc = Location {
+            name: &c.file_name,
+            index: c.line_no,
+            is_line: true,
+        };
+        let mut result = Ok(());
+        framing::records_in_line(Format::CwExport, &c.buf, origin, &mut |r| {
+            if result.is_ok() {
+                result = sink(r, loc);
+            }
+        });
+        result.map_err(|e| InputError {
+            path: c.file_name.clone(),
+            error: e,
+        })?;
+        if c.advance(progress)? {
+            heap.push(std::cmp::Reverse((c.time, i)));
+        }
+    }
+    Ok(())
+}
+
+/// Counts bytes read into a shared counter (for progress and the summary).
+pub struct CountingReader<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R> CountingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R, count: Arc<AtomicU64>) -> Self {
+        CountingReader { inner, count }
+    }
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}

@@ -1,0 +1,146 @@
+//! The path shared by every way of running: records → decode → engine → sinks, with the
+//! counters a summary reports.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use authwatch_event::framing::FramingError;
+use authwatch_event::{visit_events, RawRecord};
+use authwatch_rules::{Alert, Engine, EngineStats};
+use serde::Serialize;
+
+use crate::input::Location;
+use crate::sinks::AlertSink;
+
+/// How many parse-error samples a summary keeps.
+pub const MAX_ERROR_SAMPLES: usize = 10;
+
+/// One bad record, as the summary shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ErrorSample {
+    /// `file:line` or `file (record n)`.
+    pub location: String,
+    /// Short reason (`invalid_json`, `not_an_event`, `no_timestamp`...).
+    pub reason: &'static str,
+    /// What the decoder said.
+    pub detail: String,
+}
+
+/// Record-level counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    /// Records read (lines, CloudWatch events).
+    pub records: u64,
+    /// Audit events decoded (an EventList counts each item).
+    pub events_parsed: u64,
+    /// Records or events that could not be used.
+    pub parse_errors: u64,
+    /// The same, by reason.
+    pub parse_errors_by_reason: BTreeMap<&'static str, u64>,
+    /// The first few, with where they are.
+    pub parse_error_samples: Vec<ErrorSample>,
+    /// Alerts handed to the sinks.
+    pub alerts: u64,
+}
+
+impl Counters {
+    fn parse_error(&mut self, reason: &'static str, detail: String, loc: &Location<'_>) {
+        self.parse_errors += 1;
+        *self.parse_errors_by_reason.entry(reason).or_default() += 1;
+        if self.parse_error_samples.len() < MAX_ERROR_SAMPLES {
+            let mut detail = detail;
+            truncate_chars(&mut detail, 200);
+            self.parse_error_samples.push(ErrorSample {
+                location: loc.to_string(),
+                reason,
+                detail,
+            });
+        }
+    }
+}
+
+fn truncate_chars(s: &mut String, max: usize) {
+    if let Some((i, _)) = s.char_indices().nth(max) {
+        s.truncate(i);
+        s.push('…');
+    }
+}
+
+/// Decodes records, feeds the engine, and delivers the alerts.
+pub struct Pipeline<'s> {
+    engine: Engine,
+    sinks: Vec<&'s mut dyn AlertSink>,
+    alerts: Vec<Alert>,
+    counters: Counters,
+}
+
+impl<'s> Pipeline<'s> {
+    /// A pipeline delivering to `sinks`.
+    pub fn new(engine: Engine, sinks: Vec<&'s mut dyn AlertSink>) -> Self {
+        Pipeline {
+            engine,
+            sinks,
+            alerts: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Takes one record (or the framing error in its place). Errors are sink failures.
+    pub fn on_record(
+        &mut self,
+        record: Result<RawRecord<'_>, FramingError>,
+        loc: Location<'_>,
+    ) -> io::Result<()> {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.parse_error(e.reason(), e.to_string(), &loc);
+                return Ok(());
+            }
+        };
+        self.counters.records += 1;
+        let (engine, counters, alerts) = (&mut self.engine, &mut self.counters, &mut self.alerts);
+        visit_events(&record, &mut |ev| match ev {
+            Ok(view) if view.time.is_none() => {
+                counters.parse_error("no_timestamp", "event has no usable time".into(), &loc)
+            }
+            Ok(view) => {
+                counters.events_parsed += 1;
+                engine.observe(&view, alerts);
+            }
+            Err(e) => counters.parse_error(e.reason(), e.to_string(), &loc),
+        });
+        self.deliver()
+    }
+
+    /// End of input: releases what the reorder buffer holds and flushes the sinks.
+    pub fn finish(&mut self) -> io::Result<()> {
+        self.engine.finish(&mut self.alerts);
+        self.deliver()?;
+        for s in &mut self.sinks {
+            s.flush()?;
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self) -> io::Result<()> {
+        for alert in self.alerts.drain(..) {
+            for s in &mut self.sinks {
+                s.deliver(&alert)
+                    .map_err(|e| io::Error::new(e.kind(), format!("sink {}: {e}", s.name())))?;
+            }
+            self.counters.alerts += 1;
+        }
+        Ok(())
+    }
+
+    /// Record-level counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The engine's counters.
+    pub fn engine_stats(&self) -> &EngineStats {
+        self.engine.stats()
+    }
+}
