@@ -162,12 +162,15 @@ pub fn detect(head: &[u8]) -> Format {
                     Format::FilterLogEvents
                 }
                 Ok(_) => Format::Jsonl,
-                // A document spread over lines (pretty-printed) or a damaged first line.
+                // A document spread over lines (pretty-printed), longer than the head, or a
+                // damaged first line. Key order is not relied on: serializers sort keys.
                 Err(_) => {
-                    let window = &head[..head.len().min(4096)];
-                    if contains_key(window, b"messageType") {
+                    let audit_at = memchr::memmem::find(head, b"\"auditID\"").unwrap_or(usize::MAX);
+                    if key_then(head, b"logEvents", b'[').is_some_and(|i| i < audit_at)
+                        || key_then(head, b"messageType", b'"').is_some_and(|i| i < audit_at)
+                    {
                         Format::Subscription
-                    } else if first_line.len() < 4 && contains_events_array(window) {
+                    } else if key_then(head, b"events", b'[').is_some_and(|i| i < audit_at) {
                         Format::FilterLogEvents
                     } else {
                         Format::Jsonl
@@ -181,23 +184,18 @@ pub fn detect(head: &[u8]) -> Format {
     }
 }
 
-fn contains_key(hay: &[u8], key: &[u8]) -> bool {
+/// Position of the first `"key"` followed (after whitespace and `:`) by the byte `next`.
+fn key_then(hay: &[u8], key: &[u8], next: u8) -> Option<usize> {
     let mut quoted = Vec::with_capacity(key.len() + 2);
     quoted.push(b'"');
     quoted.extend_from_slice(key);
     quoted.push(b'"');
-    memchr::memmem::find(hay, &quoted).is_some()
-}
-
-/// `"events"` followed by `:` and `[` (an audit event may say `"resource":"events"`, never this).
-fn contains_events_array(hay: &[u8]) -> bool {
-    memchr::memmem::find_iter(hay, b"\"events\"").any(|i| {
-        let rest = hay[i + 8..]
+    memchr::memmem::find_iter(hay, &quoted).find(|&i| {
+        let mut rest = hay[i + quoted.len()..]
             .iter()
             .copied()
             .filter(|c| !c.is_ascii_whitespace());
-        let mut rest = rest;
-        rest.next() == Some(b':') && rest.next() == Some(b'[')
+        rest.next() == Some(b':') && rest.next() == Some(next)
     })
 }
 
@@ -478,6 +476,17 @@ mod tests {
         assert_eq!(detect(b"2026-11-20T10:00:00.120Z {}\n"), Format::CwExport);
         assert_eq!(detect(b"hello\n"), Format::Jsonl);
         assert_eq!(detect(b""), Format::Jsonl);
+        // Longer than the head, keys sorted: found by key, not by position.
+        let long_sub = format!(
+            "{{\"logEvents\":[{}",
+            "{\"id\":\"1\",\"message\":\"x\"},".repeat(5000)
+        );
+        assert_eq!(detect(long_sub.as_bytes()), Format::Subscription);
+        let long_fle = format!("{{\"events\":[{}", "{\"message\":\"x\"},".repeat(5000));
+        assert_eq!(detect(long_fle.as_bytes()), Format::FilterLogEvents);
+        let truncated_event =
+            "{\"kind\":\"Event\",\"auditID\":\"a\",\"requestObject\":{\"events\":[1,";
+        assert_eq!(detect(truncated_event.as_bytes()), Format::Jsonl);
     }
 
     #[test]

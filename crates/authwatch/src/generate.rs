@@ -152,7 +152,8 @@ const VERBS: &[&str] = &[
     "get", "list", "watch", "update", "patch", "create", "get", "get", "list",
 ];
 
-fn stream_name(i: usize) -> String {
+/// The log stream name of API server `i` (stable across runs).
+pub fn stream_name(i: usize) -> String {
     // 32 hex digits, as EKS names audit streams; fixed per index so data sets are comparable.
     let mut rng = Rng(0x5eed ^ i as u64);
     format!(
