@@ -208,7 +208,7 @@ fn every_event_delivered_twice_changes_no_alert() {
     let dir = tempfile::tempdir().unwrap();
     let once = dir.path().join("once.jsonl");
     std::fs::write(&once, wrapped_jsonl(&evs)).unwrap();
-    let (reference, _) = replay(&[once.clone()], FormatChoice::Auto);
+    let (reference, _) = replay(std::slice::from_ref(&once), FormatChoice::Auto);
     // Overlapping exports: the same file twice, and the same events as FLE pages.
     let fle = dir.path().join("fle.json");
     write_filter_log_events(&evs, &fle);

@@ -52,7 +52,7 @@ impl Format {
         match self {
             Format::Jsonl | Format::CwExport => true,
             Format::FilterLogEvents => false,
-            Format::Subscription => !first_non_ws(first_bytes).is_some_and(|c| c == b'{'),
+            Format::Subscription => first_non_ws(first_bytes) != Some(b'{'),
         }
     }
 }
@@ -427,11 +427,10 @@ mod tests {
         e.finish().unwrap()
     }
 
-    fn collect(
-        format: Format,
-        doc: &[u8],
-        origin: Origin<'_>,
-    ) -> Vec<Result<(String, Option<String>, Option<i64>, Option<String>), &'static str>> {
+    /// (message, stream, CloudWatch time, event id), or the error's reason.
+    type Got = Result<(String, Option<String>, Option<i64>, Option<String>), &'static str>;
+
+    fn collect(format: Format, doc: &[u8], origin: Origin<'_>) -> Vec<Got> {
         let mut out = Vec::new();
         records_in_document(format, doc, origin, &mut |r| {
             out.push(

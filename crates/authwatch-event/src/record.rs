@@ -101,7 +101,10 @@ fn visit(
 mod tests {
     use super::*;
 
-    fn collect(rec: &RawRecord<'_>) -> Vec<Result<(Option<String>, Option<String>), &'static str>> {
+    /// (host, auditID), or the error's reason.
+    type Got = Result<(Option<String>, Option<String>), &'static str>;
+
+    fn collect(rec: &RawRecord<'_>) -> Vec<Got> {
         let mut out = Vec::new();
         visit_events(rec, &mut |r| {
             out.push(

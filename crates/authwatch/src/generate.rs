@@ -402,9 +402,9 @@ pub fn write(opts: &GenOptions, format: GenFormat, out: &Path) -> io::Result<()>
             let mut page: Vec<String> = Vec::new();
             let flush_page =
                 |page: &mut Vec<String>, w: &mut io::BufWriter<std::fs::File>| -> io::Result<()> {
-                    write!(
+                    writeln!(
                         w,
-                        "{{\"events\":[{}],\"searchedLogStreams\":[]}}\n",
+                        "{{\"events\":[{}],\"searchedLogStreams\":[]}}",
                         page.join(",")
                     )?;
                     page.clear();

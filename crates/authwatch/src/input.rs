@@ -53,6 +53,11 @@ impl InputError {
     }
 }
 
+/// What [`Plan::run`] calls for each record (or framing error) with where it came from.
+/// An error (from a sink downstream) stops the run.
+pub type RecordHandler<'h> =
+    dyn FnMut(Result<RawRecord<'_>, FramingError>, Location<'_>) -> io::Result<()> + 'h;
+
 /// Where a record came from, for parse-error samples.
 #[derive(Debug, Clone, Copy)]
 pub struct Location<'a> {
@@ -207,7 +212,7 @@ impl Plan {
     pub fn run(
         &self,
         progress: &Arc<AtomicU64>,
-        sink: &mut dyn FnMut(Result<RawRecord<'_>, FramingError>, Location<'_>) -> io::Result<()>,
+        sink: &mut RecordHandler<'_>,
     ) -> Result<(), InputError> {
         for unit in &self.units {
             match unit {
@@ -292,7 +297,7 @@ fn read_framed(
     format: Format,
     name: &str,
     origin: Origin<'_>,
-    sink: &mut dyn FnMut(Result<RawRecord<'_>, FramingError>, Location<'_>) -> io::Result<()>,
+    sink: &mut RecordHandler<'_>,
 ) -> io::Result<()> {
     if format.is_line_based(head) {
         let mut buf = Vec::with_capacity(16 * 1024);
@@ -393,7 +398,7 @@ impl StreamCursor<'_> {
 fn merge_streams(
     streams: &[ExportStream],
     progress: &Arc<AtomicU64>,
-    sink: &mut dyn FnMut(Result<RawRecord<'_>, FramingError>, Location<'_>) -> io::Result<()>,
+    sink: &mut RecordHandler<'_>,
 ) -> Result<(), InputError> {
     let mut cursors: Vec<StreamCursor<'_>> = Vec::with_capacity(streams.len());
     let mut heap = BinaryHeap::new();

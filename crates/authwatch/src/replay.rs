@@ -87,7 +87,7 @@ fn run_plan(
     let mut sink_error = None;
     let result = plan.run(&bytes, &mut |record, loc| {
         n += 1;
-        if n % 8192 == 0 {
+        if n.is_multiple_of(8192) {
             if let Some(bar) = &bar {
                 bar.set_position(bytes.load(Ordering::Relaxed));
             }
