@@ -90,6 +90,8 @@ fn run_plan(
         if n.is_multiple_of(8192) {
             if let Some(bar) = &bar {
                 bar.set_position(bytes.load(Ordering::Relaxed));
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                bar.set_message(format!("{:.0} events/s", n as f64 / secs));
             }
         }
         pipeline.on_record(record, loc).inspect_err(|e| {
@@ -123,7 +125,7 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
     };
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg} eta {eta}",
     ) {
         bar.set_style(style);
     }
