@@ -13,7 +13,22 @@ use base64::Engine as _;
 
 const LOG_GROUP: &str = "/aws/eks/golden/cluster";
 
-fn events() -> Vec<GenEvent> {
+/// One event with the API server (log stream) it came through and its time.
+struct Rec {
+    stream: String,
+    time: i64,
+    json: String,
+}
+
+fn from_gen(e: GenEvent) -> Rec {
+    Rec {
+        stream: stream_name(e.stream),
+        time: e.time,
+        json: e.json,
+    }
+}
+
+fn events() -> Vec<Rec> {
     let opts = GenOptions {
         events: 3000,
         seed: 3,
@@ -23,7 +38,7 @@ fn events() -> Vec<GenEvent> {
     };
     let mut out = Vec::new();
     generate(&opts, &mut |e| {
-        out.push(e);
+        out.push(from_gen(e));
         Ok(())
     })
     .unwrap();
@@ -36,21 +51,21 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-fn wrapped_jsonl(evs: &[GenEvent]) -> String {
+fn wrapped_jsonl(evs: &[Rec]) -> String {
     evs.iter()
         .map(|e| {
-            serde_json::json!({"log": e.json, "host": stream_name(e.stream), "stream": "stdout"})
-                .to_string()
+            serde_json::json!({"log": e.json, "host": e.stream, "stream": "stdout"}).to_string()
                 + "\n"
         })
         .collect()
 }
 
-fn write_cw_export(evs: &[GenEvent], root: &Path) {
+fn write_cw_export(evs: &[Rec], root: &Path) {
     let task = root.join("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
-    for s in 0..3 {
-        let mine: Vec<&GenEvent> = evs.iter().filter(|e| e.stream == s).collect();
-        let dir = task.join(stream_name(s));
+    let streams: std::collections::BTreeSet<&str> = evs.iter().map(|e| e.stream.as_str()).collect();
+    for s in streams {
+        let mine: Vec<&Rec> = evs.iter().filter(|e| e.stream == s).collect();
+        let dir = task.join(s);
         std::fs::create_dir_all(&dir).unwrap();
         // Two files per stream, in time order, as CloudWatch writes them.
         for (part, chunk) in mine.chunks(mine.len().div_ceil(2)).enumerate() {
@@ -68,7 +83,7 @@ fn write_cw_export(evs: &[GenEvent], root: &Path) {
     .unwrap();
 }
 
-fn write_filter_log_events(evs: &[GenEvent], path: &Path) {
+fn write_filter_log_events(evs: &[Rec], path: &Path) {
     // Two pretty-printed pages, concatenated, as a paginating script would save them.
     let mut out = String::new();
     for (page, chunk) in evs.chunks(evs.len().div_ceil(2)).enumerate() {
@@ -77,7 +92,7 @@ fn write_filter_log_events(evs: &[GenEvent], path: &Path) {
             .enumerate()
             .map(|(i, e)| {
                 serde_json::json!({
-                    "logStreamName": stream_name(e.stream),
+                    "logStreamName": e.stream,
                     "timestamp": e.time / 1000,
                     "message": e.json,
                     "ingestionTime": e.time / 1000 + 900,
@@ -93,11 +108,11 @@ fn write_filter_log_events(evs: &[GenEvent], path: &Path) {
 }
 
 /// Subscription payloads: one per API server per 10 s of traffic, in time order.
-fn subscription_payloads(evs: &[GenEvent]) -> Vec<Vec<u8>> {
-    let mut buckets: std::collections::BTreeMap<(i64, usize), Vec<&GenEvent>> = Default::default();
+fn subscription_payloads(evs: &[Rec]) -> Vec<Vec<u8>> {
+    let mut buckets: std::collections::BTreeMap<(i64, &str), Vec<&Rec>> = Default::default();
     for e in evs {
         buckets
-            .entry((e.time / 10_000_000, e.stream))
+            .entry((e.time / 10_000_000, e.stream.as_str()))
             .or_default()
             .push(e);
     }
@@ -111,11 +126,54 @@ fn subscription_payloads(evs: &[GenEvent]) -> Vec<Vec<u8>> {
             .collect();
         let payload = serde_json::json!({
             "messageType": "DATA_MESSAGE", "owner": "111122223333", "logGroup": LOG_GROUP,
-            "logStream": stream_name(s), "subscriptionFilters": ["authwatch"], "logEvents": log_events,
+            "logStream": s, "subscriptionFilters": ["authwatch"], "logEvents": log_events,
         });
         out.push(gz(payload.to_string().as_bytes()));
     }
     out
+}
+
+/// Writes `evs` in every framing under `d`.
+fn write_every_framing(evs: &[Rec], d: &Path) {
+    std::fs::write(d.join("wrapped.jsonl"), wrapped_jsonl(evs)).unwrap();
+    // Gzip recognized by its magic bytes, whatever the name.
+    std::fs::write(
+        d.join("wrapped-gzip.txt"),
+        gz(wrapped_jsonl(evs).as_bytes()),
+    )
+    .unwrap();
+    write_cw_export(evs, &d.join("export"));
+    write_filter_log_events(evs, &d.join("filter-log-events.json"));
+    let payloads = subscription_payloads(evs);
+    std::fs::create_dir_all(d.join("firehose")).unwrap();
+    for (i, p) in payloads.iter().enumerate() {
+        std::fs::write(d.join(format!("firehose/{i:05}")), p).unwrap();
+    }
+    let b64: String = payloads
+        .iter()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p) + "\n")
+        .collect();
+    std::fs::write(d.join("kinesis-records.txt"), b64).unwrap();
+}
+
+/// The inputs [`write_every_framing`] writes, how to read each, and the framing expected.
+fn every_framing(d: &Path) -> Vec<(PathBuf, FormatChoice, &'static str)> {
+    [
+        ("wrapped.jsonl", FormatChoice::Auto, "jsonl"),
+        ("wrapped-gzip.txt", FormatChoice::Auto, "jsonl"),
+        ("wrapped.jsonl", FormatChoice::Fixed(Format::Jsonl), "jsonl"),
+        (
+            "filter-log-events.json",
+            FormatChoice::Auto,
+            "filter-log-events",
+        ),
+        ("firehose", FormatChoice::Auto, "subscription"),
+        ("kinesis-records.txt", FormatChoice::Auto, "subscription"),
+        ("export", FormatChoice::Fixed(Format::CwExport), "cw-export"),
+    ]
+    .into_iter()
+    .map(|(f, c, e)| (d.join(f), c, e))
+    .collect()
 }
 
 fn golden(name: &str, got: &[String]) {
@@ -140,26 +198,7 @@ fn every_framing_gives_the_golden_alerts() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
 
-    std::fs::write(d.join("wrapped.jsonl"), wrapped_jsonl(&evs)).unwrap();
-    // Gzip recognized by its magic bytes, whatever the name.
-    std::fs::write(
-        d.join("wrapped-gzip.txt"),
-        gz(wrapped_jsonl(&evs).as_bytes()),
-    )
-    .unwrap();
-    write_cw_export(&evs, &d.join("export"));
-    write_filter_log_events(&evs, &d.join("filter-log-events.json"));
-    let payloads = subscription_payloads(&evs);
-    std::fs::create_dir_all(d.join("firehose")).unwrap();
-    for (i, p) in payloads.iter().enumerate() {
-        std::fs::write(d.join(format!("firehose/{i:05}")), p).unwrap();
-    }
-    let b64: String = payloads
-        .iter()
-        .map(|p| base64::engine::general_purpose::STANDARD.encode(p) + "\n")
-        .collect();
-    std::fs::write(d.join("kinesis-records.txt"), b64).unwrap();
-
+    write_every_framing(&evs, d);
     let (reference, summary) = replay(&[d.join("export")], FormatChoice::Auto);
     assert_eq!(summary.records, 3000);
     assert_eq!(summary.parse_errors, 0);
@@ -176,29 +215,18 @@ fn every_framing_gives_the_golden_alerts() {
     );
     golden("framings.alerts.jsonl", &reference);
 
-    for (input, format, expect_format) in [
-        ("wrapped.jsonl", FormatChoice::Auto, "jsonl"),
-        ("wrapped-gzip.txt", FormatChoice::Auto, "jsonl"),
-        ("wrapped.jsonl", FormatChoice::Fixed(Format::Jsonl), "jsonl"),
-        (
-            "filter-log-events.json",
-            FormatChoice::Auto,
-            "filter-log-events",
-        ),
-        ("firehose", FormatChoice::Auto, "subscription"),
-        ("kinesis-records.txt", FormatChoice::Auto, "subscription"),
-        ("export", FormatChoice::Fixed(Format::CwExport), "cw-export"),
-    ] {
-        let (got, s) = replay(&[d.join(input)], format);
-        assert_eq!(s.records, 3000, "{input}");
-        assert_eq!(s.events_parsed, 3000, "{input}");
-        assert_eq!(s.parse_errors, 0, "{input}: {:?}", s.parse_error_samples);
+    for (input, format, expect_format) in every_framing(d) {
+        let name = input.display().to_string();
+        let (got, s) = replay(&[input], format);
+        assert_eq!(s.records, 3000, "{name}");
+        assert_eq!(s.events_parsed, 3000, "{name}");
+        assert_eq!(s.parse_errors, 0, "{name}: {:?}", s.parse_error_samples);
         assert!(
             s.formats.values().all(|f| *f == expect_format),
-            "{input}: {:?}",
+            "{name}: {:?}",
             s.formats
         );
-        assert_eq!(got, reference, "{input}");
+        assert_eq!(got, reference, "{name}");
     }
 }
 
@@ -243,4 +271,61 @@ fn strip_hosts(line: &str) -> String {
     let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
     v.as_object_mut().unwrap().remove("hosts");
     v.to_string()
+}
+
+#[test]
+fn the_hkerma_corpus_reads_the_same_in_every_framing() {
+    let text = {
+        use std::io::Read;
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(
+            std::fs::File::open(authwatch_tests::corpus("hkerma_audit_logs.jsonl.gz")).unwrap(),
+        )
+        .read_to_string(&mut s)
+        .unwrap();
+        s
+    };
+    // Two API servers; CloudWatch's time is the event's own (the corpus has no other).
+    let evs: Vec<Rec> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Rec {
+                stream: format!("kube-apiserver-audit-{:032x}", i % 2),
+                time: parse_timestamp(v["requestReceivedTimestamp"].as_str().unwrap()).unwrap(),
+                json: l.to_owned(),
+            }
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    write_every_framing(&evs, dir.path());
+    let rules = authwatch_tests::rules("rules/count-denied.yaml");
+    let mut inputs = every_framing(dir.path());
+    inputs.push((dir.path().join("export"), FormatChoice::Auto, "cw-export"));
+    let mut first: Option<Vec<String>> = None;
+    for (input, format, expect_format) in inputs {
+        let name = input.display().to_string();
+        let (alerts, s) = run(&[input], format, rules.clone(), Some("hkerma"));
+        assert_eq!(s.records, 16_563, "{name}");
+        assert_eq!(s.events_parsed, 16_563, "{name}");
+        assert_eq!(s.parse_errors, 0, "{name}");
+        assert_eq!(s.events_matched, 71, "{name}");
+        assert_eq!(s.duplicates, 45, "{name}");
+        assert!(
+            s.formats.values().all(|f| *f == expect_format),
+            "{name}: {:?}",
+            s.formats
+        );
+        let got = lines(&alerts);
+        assert!(
+            got.iter()
+                .any(|l| l.contains("\"rule\":\"all-denied-total\"") && l.contains("\"count\":56")),
+            "{name}"
+        );
+        match &first {
+            None => first = Some(got),
+            Some(f) => assert_eq!(&got, f, "{name}"),
+        }
+    }
 }
