@@ -61,11 +61,28 @@ pub struct Alert {
     /// Stable id of this alert: the same rule, key and firing time always give the same id,
     /// so re-processing the same events can be recognized downstream.
     pub alert_id: String,
-    /// Rule kind (`threshold`).
+    /// Rule kind: `threshold`, `distinct`, `spike`, or `key-cardinality` for the built-in
+    /// alert that a rule is tracking more keys than its `max_keys`.
     pub kind: &'static str,
     /// The rule's description.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// `distinct` rules: distinct values of `distinct_of` in the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct_count: Option<u64>,
+    /// `distinct` rules: some of those values (at most 10, sorted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct_sample: Option<Vec<String>>,
+    /// `spike` rules: the count in the baseline period before the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_count: Option<u64>,
+    /// `spike` rules: the window's rate over the baseline's (absent when the baseline was
+    /// empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// `key-cardinality` alerts: keys evicted from the rule so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evicted_keys: Option<u64>,
 }
 
 fn ser_time<S: Serializer>(t: &Micros, s: S) -> Result<S::Ok, S::Error> {

@@ -8,6 +8,11 @@
 //! behind the watermark is *late*: it is still counted if a window that contains it is still
 //! open, and the late figure records it either way.
 //!
+//! Memory is bounded whatever the input: a key's state is freed when its window empties,
+//! and each rule tracks at most `max_keys` keys; past that the least recently seen key is
+//! evicted, counted, and a built-in `key-cardinality-exceeded` alert fires once per cooldown
+//! (an address spray is itself a signal).
+//!
 //! There is no clock and no I/O here: the same events in give the same alerts out.
 
 use std::cmp::{Ordering, Reverse};
@@ -20,7 +25,7 @@ use smallvec::SmallVec;
 
 use crate::alert::{stable_id, Alert, Group};
 use crate::field::EventFacts;
-use crate::rule::Rule;
+use crate::rule::{Rule, RuleKind};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -64,6 +69,8 @@ pub struct EngineStats {
     pub late_dropped: u64,
     /// Alerts fired, by rule id.
     pub alerts_by_rule: BTreeMap<String, u64>,
+    /// Keys evicted because a rule reached its `max_keys`, by rule id.
+    pub evicted_keys: BTreeMap<String, u64>,
 }
 
 /// What an alert needs to know about one counted event; shared by every key it fans out to.
@@ -87,9 +94,14 @@ struct Pending {
     rule: usize,
     keys: SmallVec<[Key; 1]>,
     info: Arc<HitInfo>,
+    /// `distinct` rules: the event's values of `distinct_of`.
+    distinct: Option<Values>,
     /// It arrived behind the watermark.
     late: bool,
 }
+
+/// Distinct values of one event (usually one).
+type Values = Arc<[Box<str>]>;
 
 impl Pending {
     /// Ties in time are broken by auditID, then arrival: a shuffle of the input within the
@@ -120,6 +132,7 @@ impl Ord for Pending {
 struct Entry {
     time: Micros,
     info: Arc<HitInfo>,
+    distinct: Option<Values>,
 }
 
 impl Entry {
@@ -128,16 +141,43 @@ impl Entry {
     }
 }
 
-#[derive(Debug, Default)]
+/// What a kind keeps per key beyond the window's entries.
+#[derive(Debug)]
+enum KindState {
+    /// `distinct`: how many entries carry each value.
+    Distinct(HashMap<Box<str>, u32>),
+    /// `spike`: counts of entries that left the window, in buckets of `baseline / 60`, by
+    /// bucket start.
+    Spike(VecDeque<(Micros, u64)>),
+}
+
+#[derive(Debug)]
 struct KeyState {
-    /// Counted events, sorted by (time, auditID).
+    /// Counted events in the window, sorted by (time, auditID).
     entries: VecDeque<Entry>,
     /// No alert for this key before this event time.
     cooling_until: Option<Micros>,
+    /// When the key was last counted (the rule's touch counter), for LRU eviction.
+    touch: u64,
+    kind: Option<Box<KindState>>,
 }
 
 impl KeyState {
-    /// Number of entries with time in `(end − window, end]`, and the index of the first.
+    fn new(kind: &RuleKind, touch: u64) -> KeyState {
+        KeyState {
+            // Most keys of a spray see one event: no room for more until needed.
+            entries: VecDeque::with_capacity(1),
+            cooling_until: None,
+            touch,
+            kind: match kind {
+                RuleKind::Threshold => None,
+                RuleKind::Distinct { .. } => Some(Box::new(KindState::Distinct(HashMap::new()))),
+                RuleKind::Spike { .. } => Some(Box::new(KindState::Spike(VecDeque::new()))),
+            },
+        }
+    }
+
+    /// Index of the first entry with time in `(end − window, end]`, and how many there are.
     fn window(&self, end: Micros, window: Micros) -> (usize, usize) {
         let first = self.entries.partition_point(|e| e.time <= end - window);
         let last = self.entries.partition_point(|e| e.time <= end);
@@ -147,6 +187,103 @@ impl KeyState {
     fn cooling_at(&self, t: Micros) -> bool {
         self.cooling_until.is_some_and(|c| t < c)
     }
+
+    fn insert(&mut self, entry: Entry) {
+        if let (Some(KindState::Distinct(counts)), Some(values)) =
+            (self.kind.as_deref_mut(), &entry.distinct)
+        {
+            for v in values.iter() {
+                *counts.entry(v.clone()).or_insert(0) += 1;
+            }
+        }
+        let pos = self
+            .entries
+            .partition_point(|e| e.order_key() <= entry.order_key());
+        self.entries.insert(pos, entry);
+    }
+
+    /// Drops entries at or before `horizon` (spike rules keep their counts in buckets until
+    /// `bucket_horizon`).
+    fn prune(&mut self, horizon: Micros, kind: &RuleKind) {
+        while self.entries.front().is_some_and(|e| e.time <= horizon) {
+            let Some(e) = self.entries.pop_front() else {
+                break;
+            };
+            match (self.kind.as_deref_mut(), kind) {
+                (Some(KindState::Distinct(counts)), _) => {
+                    for v in e.distinct.iter().flat_map(|v| v.iter()) {
+                        if let Some(n) = counts.get_mut(v) {
+                            *n -= 1;
+                            if *n == 0 {
+                                counts.remove(v);
+                            }
+                        }
+                    }
+                }
+                (Some(KindState::Spike(buckets)), RuleKind::Spike { baseline, .. }) => {
+                    let width = bucket_width(*baseline);
+                    let start = e.time.div_euclid(width) * width;
+                    let pos = buckets.partition_point(|(s, _)| *s < start);
+                    match buckets.get_mut(pos) {
+                        Some((s, n)) if *s == start => *n += 1,
+                        _ => buckets.insert(pos, (start, 1)),
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let (Some(KindState::Spike(buckets)), RuleKind::Spike { baseline, .. }) =
+            (self.kind.as_deref_mut(), kind)
+        {
+            let width = bucket_width(*baseline);
+            // A bucket is kept while part of it can still be inside a baseline.
+            while buckets
+                .front()
+                .is_some_and(|(s, _)| s + width - 1 <= horizon - baseline)
+            {
+                buckets.pop_front();
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+            && !matches!(self.kind.as_deref(), Some(KindState::Spike(b)) if !b.is_empty())
+    }
+
+    /// Distinct values among the window's entries.
+    fn distinct_in(&self, first: usize, n: usize) -> BTreeSet<&str> {
+        self.entries
+            .range(first..first + n)
+            .flat_map(|e| e.distinct.iter().flat_map(|v| v.iter()))
+            .map(|v| &**v)
+            .collect()
+    }
+
+    /// Counted events in `(lo, hi]` that have left the window (spike baseline). Buckets that
+    /// straddle `lo` are left out: a reported count is never above the true count.
+    fn baseline(&self, lo: Micros, hi: Micros, width: Micros) -> u64 {
+        let from_entries = self
+            .entries
+            .iter()
+            .filter(|e| e.time > lo && e.time <= hi)
+            .count() as u64;
+        let from_buckets: u64 = match self.kind.as_deref() {
+            Some(KindState::Spike(buckets)) => buckets
+                .iter()
+                .filter(|(s, _)| *s > lo && s + width - 1 <= hi)
+                .map(|(_, n)| n)
+                .sum(),
+            _ => 0,
+        };
+        from_entries + from_buckets
+    }
+}
+
+/// Spike baselines are counted in buckets of at most `baseline / 60` (detection.md allows
+/// buckets of window/60).
+fn bucket_width(baseline: Micros) -> Micros {
+    (baseline / 60).max(1)
 }
 
 #[derive(Debug, Default)]
@@ -156,6 +293,37 @@ struct RuleState {
     /// The same ids in the order counted, to forget them once no window can need them.
     seen_order: VecDeque<(Micros, Arc<str>)>,
     keys: HashMap<Key, KeyState>,
+    /// (touch, key) for every time a key was counted, oldest first; entries whose touch is
+    /// no longer the key's are stale and skipped. Compacted when it grows past twice the keys.
+    lru: VecDeque<(u64, Key)>,
+    touches: u64,
+    evictions: u64,
+    /// The built-in cardinality alert is quiet until this event time.
+    cardinality_cooling_until: Option<Micros>,
+}
+
+impl RuleState {
+    /// Removes the least recently counted key.
+    fn evict_lru(&mut self) -> bool {
+        while let Some((touch, key)) = self.lru.pop_front() {
+            if self.keys.get(&key).is_some_and(|ks| ks.touch == touch) {
+                self.keys.remove(&key);
+                self.evictions += 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn compact_lru(&mut self) {
+        let mut live: Vec<(u64, Key)> = self
+            .keys
+            .iter()
+            .map(|(k, ks)| (ks.touch, k.clone()))
+            .collect();
+        live.sort_unstable_by_key(|(t, _)| *t);
+        self.lru = live.into();
+    }
 }
 
 /// The detection engine (see the module docs).
@@ -228,7 +396,7 @@ impl Engine {
         &self.stats
     }
 
-    /// Matches rules currently tracked keys, summed over rules (for memory monitoring).
+    /// Keys currently tracked, summed over rules (for memory monitoring).
     pub fn active_keys(&self) -> usize {
         self.states.iter().map(|s| s.keys.len()).sum()
     }
@@ -255,6 +423,23 @@ impl Engine {
                 self.stats.missing_group_key += 1;
                 continue;
             }
+            let distinct = match &rule.kind {
+                RuleKind::Distinct { field, .. } => {
+                    let mut values: Vec<Box<str>> = facts
+                        .values(field)
+                        .iter()
+                        .map(|v| v.to_key().into())
+                        .collect();
+                    if values.is_empty() {
+                        self.stats.missing_group_key += 1;
+                        continue;
+                    }
+                    values.sort_unstable();
+                    values.dedup();
+                    Some(Values::from(values))
+                }
+                _ => None,
+            };
             let info = info
                 .get_or_insert_with(|| Arc::new(hit_info(view, self.cluster.as_ref())))
                 .clone();
@@ -265,6 +450,7 @@ impl Engine {
                 rule: i,
                 keys,
                 info,
+                distinct,
                 late,
             }));
         }
@@ -304,7 +490,7 @@ impl Engine {
     }
 
     /// Counts one released match (dedup, window, threshold, cooldown).
-    fn count(&mut self, p: Pending, out: &mut Vec<Alert>) {
+    fn count(&mut self, mut p: Pending, out: &mut Vec<Alert>) {
         let rule = &self.rules[p.rule];
         let state = &mut self.states[p.rule];
         let now = self.clock.map_or(p.time, |c| c.max(p.time));
@@ -322,21 +508,46 @@ impl Engine {
             state.seen.insert(id.clone(), p.time);
             state.seen_order.push_back((p.time, id.clone()));
         }
-        // Late matches may need entries back to now − 2 × window; older ones can go.
-        let horizon = now.saturating_sub(2 * rule.window);
-        for key in p.keys {
-            let ks = state.keys.entry(key.clone()).or_default();
-            let entry = Entry {
+        // Entries whose window has emptied can go (a late match may then count low: never high).
+        let horizon = now.saturating_sub(rule.window);
+        let keys = std::mem::take(&mut p.keys);
+        for key in keys {
+            state.touches += 1;
+            let touch = state.touches;
+            match state.keys.get_mut(&key) {
+                Some(ks) => ks.touch = touch,
+                None => {
+                    if state.keys.len() >= rule.max_keys && state.evict_lru() {
+                        *self.stats.evicted_keys.entry(rule.id.clone()).or_default() += 1;
+                        if state.cardinality_cooling_until.is_none_or(|c| p.time >= c) {
+                            state.cardinality_cooling_until =
+                                Some(p.time.saturating_add(rule.cooldown));
+                            out.push(cardinality_alert(rule, state.evictions, &p));
+                            *self
+                                .stats
+                                .alerts_by_rule
+                                .entry(CARDINALITY_RULE.to_owned())
+                                .or_default() += 1;
+                        }
+                    }
+                    state
+                        .keys
+                        .insert(key.clone(), KeyState::new(&rule.kind, touch));
+                }
+            }
+            state.lru.push_back((touch, key.clone()));
+            if state.lru.len() > 2 * state.keys.len() + 1024 {
+                state.compact_lru();
+            }
+            let Some(ks) = state.keys.get_mut(&key) else {
+                continue;
+            };
+            ks.insert(Entry {
                 time: p.time,
                 info: p.info.clone(),
-            };
-            let pos = ks
-                .entries
-                .partition_point(|e| e.order_key() <= entry.order_key());
-            ks.entries.insert(pos, entry);
-            while ks.entries.front().is_some_and(|e| e.time <= horizon) {
-                ks.entries.pop_front();
-            }
+                distinct: p.distinct.clone(),
+            });
+            ks.prune(horizon, &rule.kind);
             // Evaluate at the event's own time; a late event may also complete the window
             // that ends at the key's newest event.
             let newest = ks.entries.back().map_or(p.time, |e| e.time);
@@ -346,18 +557,12 @@ impl Engine {
                 &[p.time]
             };
             for &end in ends {
-                let (first, n) = ks.window(end, rule.window);
-                if n as u64 >= rule.threshold && !ks.cooling_at(end) {
+                if ks.cooling_at(end) {
+                    continue;
+                }
+                if let Some(alert) = evaluate(rule, &key, ks, end, self.config.sample_size) {
                     ks.cooling_until = Some(end.saturating_add(rule.cooldown));
-                    let window = ks.entries.range(first..first + n);
-                    out.push(build_alert(
-                        rule,
-                        &key,
-                        window,
-                        end,
-                        n as u64,
-                        self.config.sample_size,
-                    ));
+                    out.push(alert);
                     *self
                         .stats
                         .alerts_by_rule
@@ -383,10 +588,14 @@ impl Engine {
                 }
                 state.seen_order.pop_front();
             }
-            let horizon = now.saturating_sub(2 * rule.window);
+            let horizon = now.saturating_sub(rule.window);
             state.keys.retain(|_, ks| {
-                ks.entries.back().is_some_and(|e| e.time > horizon) || ks.cooling_at(now)
+                ks.prune(horizon, &rule.kind);
+                !ks.is_empty() || ks.cooling_at(now)
             });
+            if state.lru.len() > 2 * state.keys.len() + 1024 {
+                state.compact_lru();
+            }
         }
     }
 }
@@ -429,6 +638,122 @@ fn group_keys(rule: &Rule, facts: &EventFacts<'_, '_, '_>) -> SmallVec<[Key; 1]>
         keys = next;
     }
     keys.into_iter().map(Key::from).collect()
+}
+
+/// Whether the key's window ending at `end` fires, and the alert if so.
+fn evaluate(
+    rule: &Rule,
+    key: &Key,
+    ks: &KeyState,
+    end: Micros,
+    sample_size: usize,
+) -> Option<Alert> {
+    let (first, n) = ks.window(end, rule.window);
+    let mut alert = match &rule.kind {
+        RuleKind::Threshold => {
+            if (n as u64) < rule.threshold {
+                return None;
+            }
+            build_alert(
+                rule,
+                key,
+                ks.entries.range(first..first + n),
+                end,
+                n as u64,
+                sample_size,
+            )
+        }
+        RuleKind::Distinct { .. } => {
+            let covers_all = first == 0 && first + n == ks.entries.len();
+            let distinct: u64 = match ks.kind.as_deref() {
+                Some(KindState::Distinct(counts)) if covers_all => counts.len() as u64,
+                _ => ks.distinct_in(first, n).len() as u64,
+            };
+            if distinct < rule.threshold {
+                return None;
+            }
+            let mut a = build_alert(
+                rule,
+                key,
+                ks.entries.range(first..first + n),
+                end,
+                n as u64,
+                sample_size,
+            );
+            a.distinct_count = Some(distinct);
+            a.distinct_sample = Some(
+                ks.distinct_in(first, n)
+                    .into_iter()
+                    .take(LIST_CAP)
+                    .map(str::to_owned)
+                    .collect(),
+            );
+            a
+        }
+        RuleKind::Spike { baseline, ratio } => {
+            if (n as u64) < rule.threshold {
+                return None;
+            }
+            let lo = end - rule.window - baseline;
+            let hi = end - rule.window;
+            let base = ks.baseline(lo, hi, bucket_width(*baseline));
+            // Rates, so a 1-hour baseline compares with a 5-minute window.
+            let expected = base as f64 * rule.window as f64 / *baseline as f64;
+            if (n as f64) < ratio * expected {
+                return None;
+            }
+            let mut a = build_alert(
+                rule,
+                key,
+                ks.entries.range(first..first + n),
+                end,
+                n as u64,
+                sample_size,
+            );
+            a.baseline_count = Some(base);
+            a.ratio = (expected > 0.0).then(|| n as f64 / expected);
+            a
+        }
+    };
+    alert.kind = rule.kind.as_str();
+    Some(alert)
+}
+
+/// The id of the built-in alert that a rule tracks more keys than its `max_keys`.
+pub const CARDINALITY_RULE: &str = "key-cardinality-exceeded";
+
+fn cardinality_alert(rule: &Rule, evictions: u64, p: &Pending) -> Alert {
+    let entry = Entry {
+        time: p.time,
+        info: p.info.clone(),
+        distinct: None,
+    };
+    let key: Key = Arc::from(vec![Box::<str>::from(rule.id.as_str())]);
+    let mut a = build_alert(
+        rule,
+        &key,
+        std::iter::once(&entry),
+        p.time,
+        rule.max_keys as u64,
+        1,
+    );
+    a.rule = CARDINALITY_RULE.to_owned();
+    a.severity = crate::rule::Severity::Medium;
+    a.group = Group(vec![("rule".to_owned(), rule.id.clone())]);
+    a.threshold = rule.max_keys as u64;
+    a.kind = "key-cardinality";
+    a.evicted_keys = Some(evictions);
+    a.description = format!(
+        "rule `{}` is tracking more than its max_keys ({}) keys: the least recently seen are evicted, so counts for them restart. Many distinct keys is itself a signal (an address or identity spray).",
+        rule.id, rule.max_keys
+    );
+    let id_parts: [&[u8]; 3] = [
+        CARDINALITY_RULE.as_bytes(),
+        rule.id.as_bytes(),
+        &p.time.to_be_bytes(),
+    ];
+    a.alert_id = stable_id(&id_parts);
+    a
 }
 
 fn build_alert<'a>(
@@ -500,6 +825,11 @@ fn build_alert<'a>(
         cluster: cluster.map(|c| c.to_string()),
         kind: "threshold",
         description: rule.description.clone(),
+        distinct_count: None,
+        distinct_sample: None,
+        baseline_count: None,
+        ratio: None,
+        evicted_keys: None,
     }
 }
 

@@ -5,7 +5,11 @@ use std::fmt;
 use authwatch_event::Micros;
 use serde_norway::Value as Yaml;
 
-use crate::field::{EventFacts, FieldPath, Value};
+use std::collections::BTreeMap;
+
+use crate::field::{EventFacts, FieldPath};
+use crate::matcher::{parse_conditions, Cond, Literal, NamedList, Test};
+use crate::testing::RuleTest;
 
 /// Alert severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,54 +56,6 @@ impl fmt::Display for Severity {
     }
 }
 
-/// A literal a field is compared with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Literal {
-    /// An integer (`403`).
-    Int(i64),
-    /// A string.
-    Str(String),
-    /// A boolean.
-    Bool(bool),
-}
-
-impl Literal {
-    /// Whether a field value equals this literal. Numbers and their decimal text compare equal,
-    /// so `"403"` in a rule matches the code 403 and a stringly exporter's `"403"` matches `403`.
-    pub fn matches(&self, v: &Value<'_>) -> bool {
-        match (self, v) {
-            (Literal::Int(a), Value::Int(b)) => a == b,
-            (Literal::Str(a), Value::Str(b)) => a == b.as_ref(),
-            (Literal::Bool(a), Value::Bool(b)) => a == b,
-            (Literal::Int(a), Value::Str(b)) => b.parse::<i64>().ok() == Some(*a),
-            (Literal::Str(a), Value::Int(b)) => a.parse::<i64>().ok() == Some(*b),
-            _ => false,
-        }
-    }
-}
-
-/// `path: value` or `path: [values]` in `match`: true if any value at the path equals any
-/// literal.
-#[derive(Debug, Clone)]
-pub struct Condition {
-    /// The path as written.
-    pub path: String,
-    /// The resolved path.
-    pub field: FieldPath,
-    /// Any of these.
-    pub any_of: Vec<Literal>,
-}
-
-impl Condition {
-    /// Evaluates the condition on one event.
-    pub fn holds(&self, facts: &EventFacts<'_, '_, '_>) -> bool {
-        facts
-            .values(&self.field)
-            .iter()
-            .any(|v| self.any_of.iter().any(|l| l.matches(v)))
-    }
-}
-
 /// One entry of `group_by`.
 #[derive(Debug, Clone)]
 pub struct GroupField {
@@ -109,7 +65,44 @@ pub struct GroupField {
     pub field: FieldPath,
 }
 
-/// A compiled threshold rule.
+/// What a rule counts and when it fires.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleKind {
+    /// Matching events per key in the window reach `threshold`.
+    Threshold,
+    /// Distinct values of a field per key in the window reach `threshold` (enumeration,
+    /// credential spray).
+    Distinct {
+        /// `distinct_of` as written.
+        name: String,
+        /// The resolved path.
+        field: FieldPath,
+    },
+    /// The count in the window is at least `min_count` (the rule's `threshold`) and at least
+    /// `ratio` times the rate of the preceding `baseline` window.
+    Spike {
+        /// `baseline`: the period before the window that sets the normal rate.
+        baseline: Micros,
+        /// `ratio`.
+        ratio: f64,
+    },
+}
+
+impl RuleKind {
+    /// The name used in rules and alerts.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RuleKind::Threshold => "threshold",
+            RuleKind::Distinct { .. } => "distinct",
+            RuleKind::Spike { .. } => "spike",
+        }
+    }
+}
+
+/// Default `max_keys`: how many keys a rule tracks before evicting the least recently seen.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// A compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// `id`, unique in a rule set.
@@ -118,24 +111,74 @@ pub struct Rule {
     pub description: String,
     /// `severity`.
     pub severity: Severity,
+    /// `kind`.
+    pub kind: RuleKind,
     /// `match`: all must hold.
-    pub conditions: Vec<Condition>,
+    pub conditions: Vec<Cond>,
+    /// `exclude`: any excludes.
+    pub exclude: Vec<Cond>,
     /// `group_by`.
     pub group_by: Vec<GroupField>,
     /// `window`.
     pub window: Micros,
-    /// `threshold`.
+    /// `threshold` (for `spike`: `min_count`).
     pub threshold: u64,
     /// `cooldown` (default: the window).
     pub cooldown: Micros,
+    /// `max_keys`.
+    pub max_keys: usize,
+    /// `tests`.
+    pub tests: Vec<RuleTest>,
     /// Where the rule was loaded from (a file name), for messages.
     pub source: String,
 }
 
 impl Rule {
-    /// Whether every condition holds for the event.
+    /// Whether every `match` condition holds and no `exclude` condition does.
     pub fn matches(&self, facts: &EventFacts<'_, '_, '_>) -> bool {
         self.conditions.iter().all(|c| c.holds(facts))
+            && !self.exclude.iter().any(|c| c.holds(facts))
+    }
+
+    /// Things that make a rule match less than its author likely meant: a condition that can
+    /// never hold. Loading succeeds; `authwatch rules check` and start-up print these.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in &self.conditions {
+            c.visit_fields(&mut |path, field, test| {
+                if *field == FieldPath::Code {
+                    let never = match test {
+                        Test::Eq(lits) => lits.iter().all(|l| match l {
+                            Literal::Int(_) => false,
+                            Literal::Str(s) => s.parse::<i64>().is_err(),
+                            Literal::Bool(_) => true,
+                        }),
+                        Test::Cidr(_) => true,
+                        _ => false,
+                    };
+                    if never {
+                        out.push(format!(
+                            "match.{path}: {path} is a number; this condition can never hold"
+                        ));
+                    }
+                }
+                if let (
+                    Test::Cidr(_),
+                    FieldPath::Verb | FieldPath::Username | FieldPath::Code | FieldPath::Object(_),
+                ) = (test, field)
+                {
+                    if *field != FieldPath::Code {
+                        out.push(format!(
+                            "match.{path}: cidr only matches IP addresses; {path} never holds one"
+                        ));
+                    }
+                }
+            });
+        }
+        if self.window < 60 && !matches!(self.kind, RuleKind::Spike { .. }) {
+            out.push("window: shorter than 60 µs cannot be split into buckets".into());
+        }
+        out
     }
 }
 
@@ -208,11 +251,19 @@ const RULE_KEYS: &[&str] = &[
     "id",
     "description",
     "severity",
+    "kind",
     "match",
+    "exclude",
     "group_by",
     "window",
     "threshold",
     "cooldown",
+    "distinct_of",
+    "baseline",
+    "ratio",
+    "min_count",
+    "max_keys",
+    "tests",
 ];
 
 /// Loads the rules in one YAML text: one rule, a list of rules, a mapping with a `rules:` list,
@@ -226,18 +277,25 @@ pub fn load_rules(source: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
     };
     let mut rules = Vec::new();
     for doc in serde_norway::Deserializer::from_str(text) {
+        let mut lists = BTreeMap::new();
         let doc: Yaml = serde::Deserialize::deserialize(doc)
             .map_err(|e| err(None, None, format!("invalid YAML: {e}")))?;
         let items: Vec<Yaml> = match doc {
             Yaml::Null => continue,
             Yaml::Sequence(items) => items,
             Yaml::Mapping(m) if m.contains_key("rules") => {
-                if let Some(k) = m.keys().find(|k| k.as_str() != Some("rules")) {
+                if let Some(k) = m
+                    .keys()
+                    .find(|k| !matches!(k.as_str(), Some("rules" | "lists")))
+                {
                     return Err(err(
                         None,
                         Some(&key_text(k)),
-                        "unknown top-level key".into(),
+                        "unknown top-level key (expected `rules` and `lists`)".into(),
                     ));
+                }
+                if let Some(l) = m.get("lists") {
+                    lists = parse_lists(l).map_err(|(f, msg)| err(None, Some(&f), msg))?;
                 }
                 match m.get("rules") {
                     Some(Yaml::Sequence(items)) => items.clone(),
@@ -255,7 +313,7 @@ pub fn load_rules(source: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
         };
         for item in items {
             let n = rules.len() + 1;
-            rules.push(compile(source, n, &item)?);
+            rules.push(compile(source, n, &item, &lists)?);
         }
     }
     Ok(rules)
@@ -271,7 +329,28 @@ fn key_text(k: &Yaml) -> String {
     }
 }
 
-fn compile(source: &str, n: usize, item: &Yaml) -> Result<Rule, RuleError> {
+fn parse_lists(v: &Yaml) -> Result<BTreeMap<String, NamedList>, (String, String)> {
+    let Yaml::Mapping(m) = v else {
+        return Err((
+            "lists".into(),
+            "expected a mapping of list names to lists".into(),
+        ));
+    };
+    let mut out = BTreeMap::new();
+    for (k, items) in m {
+        let name = key_text(k);
+        let list = NamedList::parse(items).map_err(|e| (format!("lists.{name}"), e))?;
+        out.insert(name, list);
+    }
+    Ok(out)
+}
+
+fn compile(
+    source: &str,
+    n: usize,
+    item: &Yaml,
+    lists: &BTreeMap<String, NamedList>,
+) -> Result<Rule, RuleError> {
     let Yaml::Mapping(m) = item else {
         return Err(RuleError {
             file: source.into(),
@@ -322,36 +401,25 @@ fn compile(source: &str, n: usize, item: &Yaml) -> Result<Rule, RuleError> {
         })?,
         Some(_) => return Err(err("severity", "expected a string".into())),
     };
-    let mut conditions = Vec::new();
-    match m.get("match") {
+    let conditions = match m.get("match") {
         None => {
             return Err(err(
                 "match",
                 "missing (a rule must say which events it counts)".into(),
             ))
         }
-        Some(Yaml::Mapping(cm)) => {
-            for (k, v) in cm {
-                let path = key_text(k);
-                let field_name = format!("match.{path}");
-                if path.is_empty() {
-                    return Err(err(&field_name, "empty path".into()));
-                }
-                let any_of = literals(v).map_err(|m| err(&field_name, m))?;
-                conditions.push(Condition {
-                    field: FieldPath::parse(&path),
-                    path,
-                    any_of,
-                });
-            }
-        }
-        Some(_) => {
-            return Err(err(
-                "match",
-                "expected a mapping of field paths to values".into(),
-            ))
-        }
+        Some(v) => parse_conditions(v, "match", lists).map_err(|(f, msg)| err(&f, msg))?,
+    };
+    if conditions.is_empty() {
+        return Err(err(
+            "match",
+            "empty: a rule must say which events it counts".into(),
+        ));
     }
+    let exclude = match m.get("exclude") {
+        None => Vec::new(),
+        Some(v) => parse_conditions(v, "exclude", lists).map_err(|(f, msg)| err(&f, msg))?,
+    };
     let group_by = match m.get("group_by") {
         None => Vec::new(),
         Some(Yaml::String(s)) => vec![s.clone()],
@@ -384,23 +452,106 @@ fn compile(source: &str, n: usize, item: &Yaml) -> Result<Rule, RuleError> {
         return Err(err("window", "must be longer than zero".into()));
     }
     let cooldown = duration("cooldown")?.unwrap_or(window);
-    let threshold = match m.get("threshold") {
-        Some(Yaml::Number(n)) => n
-            .as_u64()
-            .filter(|t| *t >= 1)
-            .ok_or_else(|| err("threshold", "must be a whole number ≥ 1".into()))?,
-        Some(_) => return Err(err("threshold", "expected a whole number ≥ 1".into())),
-        None => return Err(err("threshold", "missing".into())),
+    let whole = |field: &str| -> Result<Option<u64>, RuleError> {
+        match m.get(field) {
+            None => Ok(None),
+            Some(Yaml::Number(n)) => n
+                .as_u64()
+                .filter(|t| *t >= 1)
+                .map(Some)
+                .ok_or_else(|| err(field, "must be a whole number ≥ 1".into())),
+            Some(_) => Err(err(field, "expected a whole number ≥ 1".into())),
+        }
+    };
+    let kind_name = match m.get("kind") {
+        None => "threshold",
+        Some(Yaml::String(s)) => s.as_str(),
+        Some(_) => return Err(err("kind", "expected threshold, distinct or spike".into())),
+    };
+    let only_for = |field: &str, kinds: &str| -> Result<(), RuleError> {
+        if m.contains_key(field) {
+            return Err(err(
+                field,
+                format!("only for kind {kinds} (this rule is kind {kind_name})"),
+            ));
+        }
+        Ok(())
+    };
+    let (kind, threshold) = match kind_name {
+        "threshold" | "distinct" => {
+            only_for("baseline", "spike")?;
+            only_for("ratio", "spike")?;
+            only_for("min_count", "spike")?;
+            let threshold =
+                whole("threshold")?.ok_or_else(|| err("threshold", "missing".into()))?;
+            let kind = if kind_name == "distinct" {
+                match m.get("distinct_of") {
+                    Some(Yaml::String(s)) if !s.is_empty() => RuleKind::Distinct {
+                        name: s.clone(),
+                        field: FieldPath::parse(s),
+                    },
+                    Some(_) => return Err(err("distinct_of", "expected a field path".into())),
+                    None => {
+                        return Err(err(
+                            "distinct_of",
+                            "missing (which field's distinct values to count)".into(),
+                        ))
+                    }
+                }
+            } else {
+                only_for("distinct_of", "distinct")?;
+                RuleKind::Threshold
+            };
+            (kind, threshold)
+        }
+        "spike" => {
+            only_for(
+                "threshold",
+                "threshold or distinct (spike rules use min_count)",
+            )?;
+            only_for("distinct_of", "distinct")?;
+            let baseline =
+                duration("baseline")?.ok_or_else(|| err("baseline", "missing".into()))?;
+            if baseline <= 0 {
+                return Err(err("baseline", "must be longer than zero".into()));
+            }
+            let ratio = match m.get("ratio") {
+                Some(Yaml::Number(n)) => n
+                    .as_f64()
+                    .filter(|r| r.is_finite() && *r >= 1.0)
+                    .ok_or_else(|| err("ratio", "must be a number ≥ 1".into()))?,
+                Some(_) => return Err(err("ratio", "expected a number ≥ 1".into())),
+                None => return Err(err("ratio", "missing".into())),
+            };
+            let min_count =
+                whole("min_count")?.ok_or_else(|| err("min_count", "missing".into()))?;
+            (RuleKind::Spike { baseline, ratio }, min_count)
+        }
+        other => {
+            return Err(err(
+                "kind",
+                format!("`{other}` is not one of threshold, distinct, spike"),
+            ))
+        }
+    };
+    let max_keys = whole("max_keys")?.map_or(DEFAULT_MAX_KEYS, |k| k as usize);
+    let tests = match m.get("tests") {
+        None => Vec::new(),
+        Some(v) => crate::testing::parse_tests(v).map_err(|(f, msg)| err(&f, msg))?,
     };
     Ok(Rule {
         id,
         description,
         severity,
+        kind,
         conditions,
+        exclude,
         group_by,
         window,
         threshold,
         cooldown,
+        max_keys,
+        tests,
         source: source.into(),
     })
 }
@@ -410,26 +561,6 @@ fn valid_id(s: &str) -> bool {
         && s.len() <= 128
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-fn literal(v: &Yaml) -> Result<Literal, String> {
-    match v {
-        Yaml::String(s) => Ok(Literal::Str(s.clone())),
-        Yaml::Bool(b) => Ok(Literal::Bool(*b)),
-        Yaml::Number(n) => n
-            .as_i64()
-            .map(Literal::Int)
-            .ok_or_else(|| format!("{n} is not an integer")),
-        _ => Err("expected a scalar (string, integer, boolean) or a list of scalars".into()),
-    }
-}
-
-fn literals(v: &Yaml) -> Result<Vec<Literal>, String> {
-    match v {
-        Yaml::Sequence(items) if items.is_empty() => Err("empty list matches nothing".into()),
-        Yaml::Sequence(items) => items.iter().map(literal).collect(),
-        other => Ok(vec![literal(other)?]),
-    }
 }
 
 /// Checks that rule ids are unique across a whole set (several files).
@@ -475,10 +606,10 @@ cooldown: 15m
         assert_eq!(r.cooldown, 900_000_000);
         assert_eq!(r.threshold, 20);
         assert_eq!(r.group_by[0].field, FieldPath::SourceIps);
-        assert_eq!(
-            r.conditions[0].any_of,
-            vec![Literal::Int(401), Literal::Int(403)]
-        );
+        assert!(matches!(
+            &r.conditions[0],
+            Cond::Field { test: Test::Eq(l), .. } if *l == vec![Literal::Int(401), Literal::Int(403)]
+        ));
     }
 
     #[test]
@@ -510,7 +641,7 @@ cooldown: 15m
                 "threshold",
             ),
             (
-                MINIMAL.replace("[401, 403]", "{gte: 400}"),
+                MINIMAL.replace("[401, 403]", "{gte: many}"),
                 "match.responseStatus.code",
             ),
             (
@@ -523,7 +654,7 @@ cooldown: 15m
             ),
         ];
         for (text, field) in cases {
-            let e = load_rules("rules/x.yaml", &text).unwrap_err();
+            let e = load_rules("rules/x.yaml", &text).expect_err(&text);
             assert_eq!(e.file, "rules/x.yaml");
             assert_eq!(e.rule.as_deref(), Some("forbidden-by-source-ip"), "{e}");
             assert_eq!(e.field.as_deref(), Some(field), "{e}");
@@ -548,9 +679,78 @@ cooldown: 15m
 
     #[test]
     fn literals_compare_across_number_and_text() {
+        use crate::field::Value;
         assert!(Literal::Int(403).matches(&Value::Str("403".into())));
         assert!(Literal::Str("403".into()).matches(&Value::Int(403)));
         assert!(!Literal::Str("bob".into()).matches(&Value::Int(403)));
         assert!(Literal::Bool(true).matches(&Value::Bool(true)));
+    }
+
+    #[test]
+    fn kinds_lists_and_exclude() {
+        let text = r#"
+lists:
+  scanners: [10.0.0.0/8]
+rules:
+  - id: enum
+    kind: distinct
+    distinct_of: objectRef.resource
+    match: {responseStatus.code: {gte: 400, lt: 500}}
+    exclude: {sourceIPs: {in_list: scanners}}
+    group_by: [sourceIPs]
+    window: 10m
+    threshold: 15
+  - id: spike
+    kind: spike
+    match: {responseStatus.code: [401, 403]}
+    window: 5m
+    baseline: 1h
+    ratio: 5
+    min_count: 100
+"#;
+        let rules = load_rules("x.yaml", text).unwrap();
+        assert_eq!(rules[0].kind.as_str(), "distinct");
+        assert_eq!(rules[0].exclude.len(), 1);
+        assert_eq!(rules[0].max_keys, DEFAULT_MAX_KEYS);
+        assert_eq!(
+            rules[1].kind,
+            RuleKind::Spike {
+                baseline: 3_600_000_000,
+                ratio: 5.0
+            }
+        );
+        assert_eq!(rules[1].threshold, 100);
+        let bad = [
+            (
+                text.replace("    distinct_of: objectRef.resource\n", ""),
+                "distinct_of",
+            ),
+            (text.replace("ratio: 5", "ratio: 0.5"), "ratio"),
+            (
+                text.replace("min_count: 100", "threshold: 100"),
+                "threshold",
+            ),
+            (
+                text.replace("in_list: scanners", "in_list: scaners"),
+                "exclude.sourceIPs",
+            ),
+            (text.replace("kind: spike", "kind: burst"), "kind"),
+            (
+                text.replace("[10.0.0.0/8]", "[10.0.0.0/80]"),
+                "lists.scanners",
+            ),
+        ];
+        for (t, field) in bad {
+            let e = load_rules("x.yaml", &t).expect_err(&t);
+            assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_condition_that_can_never_hold_is_a_warning() {
+        let r = &load_rules("x.yaml", &MINIMAL.replace("[401, 403]", "forbidden")).unwrap()[0];
+        assert_eq!(r.warnings().len(), 1, "{:?}", r.warnings());
+        let r = &load_rules("x.yaml", &MINIMAL.replace("[401, 403]", "'403'")).unwrap()[0];
+        assert!(r.warnings().is_empty(), "\"403\" equals 403");
     }
 }

@@ -1,0 +1,210 @@
+//! The prefilter: literal bytes a line must contain for any rule to match it, derived from the
+//! rules and checked on raw bytes before decoding (most lines are 2xx and end here).
+//!
+//! Soundness comes first: a needle is only taken from a condition whose value appears
+//! verbatim in any JSON encoding of a matching event — integers (digits cannot be escaped)
+//! and strings made only of characters no encoder escapes. Anything else (`host`, which comes
+//! from the record's context; regexes, globs, negations, CIDRs) makes that part of the rule
+//! "may match anything". One Aho-Corasick pass finds every needle at once, so the cost does
+//! not grow with the number of rules.
+
+use aho_corasick::AhoCorasick;
+
+use crate::field::FieldPath;
+use crate::matcher::{Cond, Literal, Test};
+use crate::rule::Rule;
+
+/// What a rule needs to find in a line.
+#[derive(Debug, Clone)]
+enum Need {
+    /// Nothing: any line may match.
+    Any,
+    /// At least one of these needles.
+    OneOf(Vec<usize>),
+    /// All of these.
+    And(Vec<Need>),
+    /// One of these.
+    Or(Vec<Need>),
+}
+
+impl Need {
+    fn holds(&self, found: &[bool]) -> bool {
+        match self {
+            Need::Any => true,
+            Need::OneOf(ids) => ids.iter().any(|&i| found[i]),
+            Need::And(ns) => ns.iter().all(|n| n.holds(found)),
+            Need::Or(ns) => ns.iter().any(|n| n.holds(found)),
+        }
+    }
+}
+
+/// Needles for every rule, searched in one pass.
+#[derive(Debug, Clone)]
+pub struct Prefilter {
+    needles: Vec<String>,
+    searcher: Option<AhoCorasick>,
+    rules: Vec<Need>,
+}
+
+/// Text that appears byte for byte in any JSON encoding of a string with this value.
+fn verbatim(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"-_.:@ ,;=+*#%!?()[]{}$~^|'`".contains(&b) || b == b'/'
+        })
+}
+
+impl Prefilter {
+    /// Derives the prefilter from `rules`.
+    ///
+    /// ```
+    /// use authwatch_rules::{load_rules, Prefilter};
+    /// let rules = load_rules("r.yaml", "id: r\nmatch: {responseStatus.code: [401, 403]}\nwindow: 1m\nthreshold: 1\n").unwrap();
+    /// let p = Prefilter::new(&rules);
+    /// assert!(p.may_match(br#"{"responseStatus":{"code":403}}"#));
+    /// assert!(!p.may_match(br#"{"responseStatus":{"code":200}}"#));
+    /// ```
+    pub fn new(rules: &[Rule]) -> Prefilter {
+        let mut needles = Vec::new();
+        let rules: Vec<Need> = rules
+            .iter()
+            .map(|r| {
+                Need::And(
+                    r.conditions
+                        .iter()
+                        .map(|c| need_of(c, &mut needles))
+                        .collect(),
+                )
+            })
+            .collect();
+        let searcher = (!needles.is_empty())
+            .then(|| AhoCorasick::new(&needles).ok())
+            .flatten();
+        Prefilter {
+            needles,
+            searcher,
+            rules,
+        }
+    }
+
+    /// Whether no line can be skipped (some rule needs no literal).
+    pub fn passes_everything(&self) -> bool {
+        if self.searcher.is_none() && !self.needles.is_empty() {
+            // The searcher could not be built: skipping nothing is the sound choice.
+            return true;
+        }
+        let none = vec![false; self.needles.len()];
+        self.rules.iter().any(|n| n.holds(&none))
+    }
+
+    /// The needles, for diagnostics.
+    pub fn needles(&self) -> &[String] {
+        &self.needles
+    }
+
+    /// False only if no rule can match a line with these bytes.
+    pub fn may_match(&self, line: &[u8]) -> bool {
+        let Some(searcher) = &self.searcher else {
+            return self.passes_everything();
+        };
+        let mut found = vec![false; self.needles.len()];
+        for m in searcher.find_overlapping_iter(line) {
+            found[m.pattern().as_usize()] = true;
+        }
+        self.rules.iter().any(|n| n.holds(&found))
+    }
+}
+
+fn needle(needles: &mut Vec<String>, text: String) -> usize {
+    if let Some(i) = needles.iter().position(|n| *n == text) {
+        return i;
+    }
+    needles.push(text);
+    needles.len() - 1
+}
+
+fn literal_needle(l: &Literal) -> Option<String> {
+    match l {
+        Literal::Int(i) => Some(i.to_string()),
+        Literal::Bool(b) => Some(b.to_string()),
+        Literal::Str(s) if verbatim(s) => Some(s.clone()),
+        // An integer field may be written as text by some exporters; both forms contain the
+        // digits.
+        Literal::Str(s) if s.parse::<i64>().is_ok() => Some(s.trim().to_owned()),
+        Literal::Str(_) => None,
+    }
+}
+
+fn test_need(test: &Test, needles: &mut Vec<String>) -> Need {
+    match test {
+        Test::Eq(lits) => {
+            let texts: Option<Vec<String>> = lits.iter().map(literal_needle).collect();
+            match texts {
+                Some(t) if !t.is_empty() => {
+                    Need::OneOf(t.into_iter().map(|t| needle(needles, t)).collect())
+                }
+                _ => Need::Any,
+            }
+        }
+        Test::Contains(subs) if subs.iter().all(|s| verbatim(s)) => {
+            Need::OneOf(subs.iter().map(|s| needle(needles, s.clone())).collect())
+        }
+        Test::All(tests) => Need::And(tests.iter().map(|t| test_need(t, needles)).collect()),
+        _ => Need::Any,
+    }
+}
+
+fn need_of(cond: &Cond, needles: &mut Vec<String>) -> Need {
+    match cond {
+        // `host` comes from the record (the log stream), not from the line's bytes.
+        Cond::Field {
+            field: FieldPath::Host,
+            ..
+        } => Need::Any,
+        Cond::Field { test, .. } => test_need(test, needles),
+        Cond::All(cs) => Need::And(cs.iter().map(|c| need_of(c, needles)).collect()),
+        Cond::Any(cs) => Need::Or(cs.iter().map(|c| need_of(c, needles)).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load_rules;
+
+    fn pf(yaml: &str) -> Prefilter {
+        Prefilter::new(&load_rules("t.yaml", yaml).unwrap())
+    }
+
+    #[test]
+    fn needs_every_condition_and_any_rule() {
+        let p = pf("- {id: a, match: {responseStatus.code: 403, objectRef.resource: secrets}, window: 1m, threshold: 1}\n- {id: b, match: {verb: delete}, window: 1m, threshold: 1}\n");
+        assert!(p.may_match(b"...403...secrets..."));
+        assert!(!p.may_match(b"...403...configmaps..."));
+        assert!(p.may_match(b"...\"verb\":\"delete\"..."));
+        assert!(!p.may_match(b"...200..."));
+        assert!(!p.passes_everything());
+    }
+
+    #[test]
+    fn what_cannot_be_seen_in_the_bytes_passes_everything() {
+        for yaml in [
+            "id: a\nmatch: {user.username: {glob: 'system:*'}}\nwindow: 1m\nthreshold: 1\n",
+            "id: a\nmatch: {host: kube-apiserver-audit-1}\nwindow: 1m\nthreshold: 1\n",
+            "id: a\nmatch: {userAgent: 'curl <8>'}\nwindow: 1m\nthreshold: 1\n",
+            "id: a\nmatch: {any: [{verb: get}, {sourceIPs: {cidr: 10.0.0.0/8}}]}\nwindow: 1m\nthreshold: 1\n",
+        ] {
+            let p = pf(yaml);
+            assert!(p.passes_everything(), "{yaml}");
+            assert!(p.may_match(b"{}"), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn groups_and_operators() {
+        let p = pf("id: a\nmatch:\n  responseStatus.code: {gte: 400, lt: 500}\n  any:\n    - {verb: create}\n    - {requestURI: {contains: /exec}}\nwindow: 1m\nthreshold: 1\n");
+        assert!(p.may_match(b"create"));
+        assert!(p.may_match(b"/api/v1/pods/x/exec"));
+        assert!(!p.may_match(b"get /api/v1/pods"));
+    }
+}

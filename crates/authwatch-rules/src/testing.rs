@@ -1,0 +1,224 @@
+//! Rule tests: a rule may carry `tests:`, events (inline, or a JSON Lines fixture file) with
+//! the alerts they must produce — or `expect: []`, none.
+//!
+//! ```yaml
+//! tests:
+//!   - name: twenty denials from one address fire once
+//!     events_file: tests/denied-by-source-ip.fires.jsonl   # relative to the rule file
+//!     expect:
+//!       - {group: {sourceIPs: 198.51.100.7}, count: 20}
+//!   - name: a single denial is quiet
+//!     host: kube-apiserver-audit-0          # as if read from this log stream
+//!     events:
+//!       - {auditID: a, sourceIPs: [198.51.100.7], responseStatus: {code: 403},
+//!          requestReceivedTimestamp: "2026-11-20T10:00:00Z"}
+//!     expect: []
+//! ```
+//!
+//! Each case runs the rule alone in a fresh engine. `expect` lists the alerts in order; each
+//! listed field must equal the alert's (objects compare by the listed keys only).
+//! Reading fixture files is the caller's job (this crate does no I/O).
+
+use serde_norway::Value as Yaml;
+
+use authwatch_event::{visit_events, RawRecord};
+
+use crate::engine::{Engine, EngineConfig};
+use crate::rule::Rule;
+
+/// Where a test's events come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TestEvents {
+    /// Inline events, as JSON text, one per event.
+    Inline(Vec<String>),
+    /// A JSON Lines file, relative to the rule file.
+    File(String),
+}
+
+/// One test case of a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleTest {
+    /// `name`.
+    pub name: String,
+    /// `events` or `events_file`.
+    pub events: TestEvents,
+    /// `host`: the log stream the events are read as coming from.
+    pub host: Option<String>,
+    /// `expect`: the alerts, in order (each a partial alert object).
+    pub expect: Vec<serde_json::Value>,
+}
+
+/// The result of one case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseOutcome {
+    /// The rule.
+    pub rule: String,
+    /// The case.
+    pub case: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Why not (empty when passed).
+    pub detail: String,
+}
+
+fn to_json(v: &Yaml) -> Result<serde_json::Value, String> {
+    serde_json::to_value(v).map_err(|e| e.to_string())
+}
+
+/// Parses `tests:`. Errors are (field, message).
+pub fn parse_tests(v: &Yaml) -> Result<Vec<RuleTest>, (String, String)> {
+    let Yaml::Sequence(cases) = v else {
+        return Err(("tests".into(), "expected a list of test cases".into()));
+    };
+    let mut out = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let at = format!("tests[{i}]");
+        let e = |f: &str, m: &str| (format!("{at}.{f}"), m.to_owned());
+        let Yaml::Mapping(m) = case else {
+            return Err((
+                at,
+                "expected a mapping with name, events (or events_file), expect".into(),
+            ));
+        };
+        if let Some(k) = m.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                Some("name" | "events" | "events_file" | "host" | "expect")
+            )
+        }) {
+            return Err(e(
+                k.as_str().unwrap_or("?"),
+                "unknown field (expected name, events, events_file, host, expect)",
+            ));
+        }
+        let name = match m.get("name") {
+            Some(Yaml::String(s)) => s.clone(),
+            None => format!("case {}", i + 1),
+            Some(_) => return Err(e("name", "expected a string")),
+        };
+        let events = match (m.get("events"), m.get("events_file")) {
+            (Some(Yaml::Sequence(evs)), None) => TestEvents::Inline(
+                evs.iter()
+                    .map(|ev| to_json(ev).map(|j| j.to_string()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|m| e("events", &m))?,
+            ),
+            (None, Some(Yaml::String(f))) => TestEvents::File(f.clone()),
+            (Some(_), Some(_)) => return Err(e("events", "give events or events_file, not both")),
+            (None, None) => return Err(e("events", "missing (events or events_file)")),
+            (Some(_), None) => return Err(e("events", "expected a list of events")),
+            (None, Some(_)) => return Err(e("events_file", "expected a path")),
+        };
+        let host = match m.get("host") {
+            None => None,
+            Some(Yaml::String(s)) => Some(s.clone()),
+            Some(_) => return Err(e("host", "expected a string")),
+        };
+        let expect = match m.get("expect") {
+            Some(Yaml::Sequence(items)) => items
+                .iter()
+                .map(to_json)
+                .collect::<Result<_, _>>()
+                .map_err(|m| e("expect", &m))?,
+            _ => {
+                return Err(e(
+                    "expect",
+                    "missing: a list of expected alerts ([] for none)",
+                ))
+            }
+        };
+        out.push(RuleTest {
+            name,
+            events,
+            host,
+            expect,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether every field given in `want` equals the one in `got` (objects: listed keys only).
+fn subset(want: &serde_json::Value, got: &serde_json::Value) -> bool {
+    match (want, got) {
+        (serde_json::Value::Object(w), serde_json::Value::Object(g)) => w
+            .iter()
+            .all(|(k, v)| g.get(k).is_some_and(|gv| subset(v, gv))),
+        (serde_json::Value::Number(w), serde_json::Value::Number(g)) => w.as_f64() == g.as_f64(),
+        _ => want == got,
+    }
+}
+
+/// Runs a rule's tests. `load` reads an `events_file` (a path relative to the rule file).
+pub fn run_tests(
+    rule: &Rule,
+    load: &mut dyn FnMut(&str) -> Result<Vec<u8>, String>,
+) -> Vec<CaseOutcome> {
+    let mut alone = rule.clone();
+    alone.tests.clear();
+    rule.tests
+        .iter()
+        .map(|case| {
+            let outcome = |passed: bool, detail: String| CaseOutcome {
+                rule: rule.id.clone(),
+                case: case.name.clone(),
+                passed,
+                detail,
+            };
+            let lines: Vec<Vec<u8>> = match &case.events {
+                TestEvents::Inline(evs) => evs.iter().map(|e| e.clone().into_bytes()).collect(),
+                TestEvents::File(f) => match load(f) {
+                    Ok(bytes) => bytes
+                        .split(|&c| c == b'\n')
+                        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                        .map(<[u8]>::to_vec)
+                        .collect(),
+                    Err(e) => return outcome(false, format!("cannot read {f}: {e}")),
+                },
+            };
+            let mut engine = Engine::new(vec![alone.clone()], EngineConfig::default());
+            let mut alerts = Vec::new();
+            let mut bad = Vec::new();
+            for (i, line) in lines.iter().enumerate() {
+                let rec = RawRecord {
+                    message: line,
+                    stream: case.host.as_deref(),
+                    ..Default::default()
+                };
+                visit_events(&rec, &mut |ev| match ev {
+                    Ok(v) if v.time.is_some() => engine.observe(&v, &mut alerts),
+                    Ok(_) => bad.push(format!("event {}: no usable time", i + 1)),
+                    Err(e) => bad.push(format!("event {}: {e}", i + 1)),
+                });
+            }
+            engine.finish(&mut alerts);
+            if !bad.is_empty() {
+                return outcome(false, format!("bad test events: {}", bad.join("; ")));
+            }
+            let got: Vec<serde_json::Value> = alerts
+                .iter()
+                .filter_map(|a| serde_json::to_value(a).ok())
+                .collect();
+            if got.len() != case.expect.len() {
+                let firing: Vec<String> = got
+                    .iter()
+                    .map(|a| format!("{} at {}", a["group"], a["window_end"]))
+                    .collect();
+                return outcome(
+                    false,
+                    format!(
+                        "expected {} alert(s), got {}: [{}]",
+                        case.expect.len(),
+                        got.len(),
+                        firing.join(", ")
+                    ),
+                );
+            }
+            for (i, (w, g)) in case.expect.iter().zip(&got).enumerate() {
+                if !subset(w, g) {
+                    return outcome(false, format!("alert {}: expected {w}, got {g}", i + 1));
+                }
+            }
+            outcome(true, String::new())
+        })
+        .collect()
+}
