@@ -300,6 +300,8 @@ struct RuleState {
     evictions: u64,
     /// The built-in cardinality alert is quiet until this event time.
     cardinality_cooling_until: Option<Micros>,
+    /// Event time of the last sweep.
+    last_sweep: Option<Micros>,
 }
 
 impl RuleState {
@@ -355,8 +357,6 @@ pub struct Engine {
     watermark: Option<Micros>,
     /// The newest time counted in the windows so far: the engine's "now".
     clock: Option<Micros>,
-    last_sweep: Option<Micros>,
-    max_window: Micros,
     config: EngineConfig,
     cluster: Option<Arc<str>>,
     stats: EngineStats,
@@ -365,7 +365,6 @@ pub struct Engine {
 impl Engine {
     /// An engine for these rules.
     pub fn new(rules: Vec<Rule>, config: EngineConfig) -> Engine {
-        let max_window = rules.iter().map(|r| r.window).max().unwrap_or(0);
         let stats = EngineStats {
             alerts_by_rule: rules.iter().map(|r| (r.id.clone(), 0)).collect(),
             ..Default::default()
@@ -378,8 +377,6 @@ impl Engine {
             max_seen: None,
             watermark: None,
             clock: None,
-            last_sweep: None,
-            max_window,
             cluster: config.cluster.as_deref().map(Arc::from),
             config,
             stats,
@@ -482,10 +479,7 @@ impl Engine {
             }
         }
         if let Some(now) = self.clock {
-            if self.last_sweep.is_none_or(|s| now - s >= self.max_window) {
-                self.sweep(now);
-                self.last_sweep = Some(now);
-            }
+            self.sweep(now);
         }
     }
 
@@ -574,9 +568,16 @@ impl Engine {
         }
     }
 
-    /// Forgets auditIDs and keys that no open window can need any more.
+    /// Forgets auditIDs and keys that no open window can need any more. Each rule is swept
+    /// every eighth of its window of event time, so a key outlives its last event by at most
+    /// 1⅛ windows.
     fn sweep(&mut self, now: Micros) {
         for (rule, state) in self.rules.iter().zip(&mut self.states) {
+            let period = (rule.window / 8).max(1_000_000);
+            if state.last_sweep.is_some_and(|s| now - s < period) {
+                continue;
+            }
+            state.last_sweep = Some(now);
             // A copy of an older id would be late with its windows closed: dropped anyway.
             let forget_before = now.saturating_sub(rule.window);
             while let Some((t, id)) = state.seen_order.front() {

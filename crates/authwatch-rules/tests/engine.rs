@@ -16,6 +16,7 @@ struct Ev {
     ips: Vec<String>,
     code: i64,
     user: Option<String>,
+    resource: String,
 }
 
 impl Ev {
@@ -25,10 +26,11 @@ impl Ev {
             .as_ref()
             .map_or_else(|| "{}".to_owned(), |u| format!(r#"{{"username":"{u}"}}"#));
         format!(
-            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"{}","verb":"get","requestURI":"/api","user":{},"sourceIPs":{},"responseStatus":{{"code":{}}},"requestReceivedTimestamp":"{}"}}"#,
+            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"{}","verb":"get","requestURI":"/api","user":{},"sourceIPs":{},"objectRef":{{"resource":"{}"}},"responseStatus":{{"code":{}}},"requestReceivedTimestamp":"{}"}}"#,
             self.id,
             user,
             serde_json::to_string(&self.ips).unwrap(),
+            self.resource,
             self.code,
             format_millis(self.t)
         )
@@ -46,6 +48,7 @@ fn ev(id: &str, secs: i64, ip: &str, code: i64) -> Ev {
         ips: vec![ip.into()],
         code,
         user: Some("bob".into()),
+        resource: "secrets".into(),
     }
 }
 
@@ -278,6 +281,16 @@ fn summary(alerts: &[Alert]) -> Vec<(String, Micros, u64)> {
     v
 }
 
+const RESOURCES: [&str; 7] = [
+    "secrets",
+    "pods",
+    "configmaps",
+    "nodes",
+    "leases",
+    "pods",
+    "secrets",
+];
+
 fn stream() -> impl Strategy<Value = Vec<Ev>> {
     prop::collection::vec(
         (
@@ -306,6 +319,7 @@ fn stream() -> impl Strategy<Value = Vec<Ev>> {
                     ips: v,
                     code: codes[code],
                     user: Some("u".into()),
+                    resource: RESOURCES[i % RESOURCES.len()].into(),
                 }
             })
             .collect()
@@ -343,5 +357,244 @@ proptest! {
         let (got, stats) = run_with(&yaml, &shuffled, 120 * SEC);
         prop_assert_eq!(stats.late_events, 0);
         prop_assert_eq!(got, expected);
+    }
+}
+
+#[test]
+fn distinct_counts_different_values_per_key() {
+    let rule = "id: enum\nkind: distinct\ndistinct_of: objectRef.resource\nmatch: {responseStatus.code: 403}\ngroup_by: [sourceIPs]\nwindow: 1m\nthreshold: 3\n";
+    let mut events: Vec<Ev> = (0..5)
+        .map(|i| Ev {
+            resource: "secrets".into(),
+            ..ev(&format!("s{i}"), i, "ip", 403)
+        })
+        .collect();
+    assert!(
+        run(rule, &events).is_empty(),
+        "five denials of one resource are one distinct value"
+    );
+    events.push(Ev {
+        resource: "pods".into(),
+        ..ev("p", 10, "ip", 403)
+    });
+    events.push(Ev {
+        resource: "nodes".into(),
+        ..ev("n", 20, "ip", 403)
+    });
+    let alerts = run(rule, &events);
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].kind, "distinct");
+    assert_eq!(alerts[0].distinct_count, Some(3));
+    assert_eq!(alerts[0].count, 7);
+    assert_eq!(
+        alerts[0].distinct_sample.as_deref(),
+        Some(&["nodes".to_string(), "pods".into(), "secrets".into()][..])
+    );
+    let json = alerts[0].to_json_line();
+    assert!(
+        json.contains("\"distinct_count\":3") && json.contains("\"kind\":\"distinct\""),
+        "{json}"
+    );
+}
+
+#[test]
+fn spike_compares_the_window_rate_with_the_baseline_rate() {
+    // 10 s window, 60 s baseline: 1 denial a second (6 per 10 s... in baseline terms 60 per
+    // minute) is normal; 40 in 10 s is a spike of 40 / (60 × 10/60) = 4×.
+    let rule = "id: s\nkind: spike\nmatch: {responseStatus.code: 403}\nwindow: 10s\nbaseline: 60s\nratio: 3\nmin_count: 20\ncooldown: 1h\n";
+    let mut events: Vec<Ev> = (0..70)
+        .map(|i| ev(&format!("b{i}"), i, "ip", 403))
+        .collect();
+    assert!(run(rule, &events).is_empty(), "steady rate never spikes");
+    for i in 0..40 {
+        events.push(Ev {
+            t: base() + 70 * SEC + i * SEC / 4,
+            ..ev(&format!("x{i}"), 0, "ip", 403)
+        });
+    }
+    let alerts = run(rule, &events);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a.kind, "spike");
+    assert!(a.count >= 20);
+    let base = a.baseline_count.unwrap();
+    assert!(base > 0 && base <= 60, "{base}");
+    assert!(a.ratio.unwrap() >= 3.0, "{:?}", a.ratio);
+}
+
+#[test]
+fn keys_past_max_keys_are_evicted_least_recent_first_and_reported_once() {
+    let rule = "id: r\nmatch: {responseStatus.code: 403}\ngroup_by: [sourceIPs]\nwindow: 10m\nthreshold: 3\ncooldown: 1h\nmax_keys: 3\n";
+    // a, b, c fill the table; a is seen again; d and e evict b then c; a reaches 3.
+    let seq = ["a", "b", "c", "a", "d", "e", "a"];
+    let events: Vec<Ev> = seq
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| ev(&format!("{i}"), i as i64, ip, 403))
+        .collect();
+    let (alerts, stats) = run_with(rule, &events, 120 * SEC);
+    assert_eq!(stats.evicted_keys.get("r"), Some(&2));
+    let card: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.rule == "key-cardinality-exceeded")
+        .collect();
+    assert_eq!(card.len(), 1, "once per cooldown: {alerts:?}");
+    assert_eq!(card[0].group.0, [("rule".to_string(), "r".to_string())]);
+    assert_eq!(card[0].evicted_keys, Some(1));
+    assert_eq!(card[0].kind, "key-cardinality");
+    let fired: Vec<&str> = alerts
+        .iter()
+        .filter(|a| a.rule == "r")
+        .map(|a| a.group.0[0].1.as_str())
+        .collect();
+    assert_eq!(fired, ["a"], "a was never evicted: it kept its count");
+    // An evicted key starts again from zero: b, evicted after one event, needs three more.
+    let mut events = events;
+    events.extend(
+        ["b", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| ev(&format!("bb{i}"), 10 + i as i64, ip, 403)),
+    );
+    let alerts = run(rule, &events);
+    assert!(!alerts
+        .iter()
+        .any(|a| a.rule == "r" && a.group.0[0].1 == "b"));
+}
+
+#[test]
+fn key_state_is_freed_when_its_window_empties() {
+    let rules = load_rules("t.yaml", &rule(100, "1m", "1m")).unwrap();
+    let mut engine = Engine::new(
+        rules,
+        EngineConfig {
+            max_lateness: 0,
+            ..Default::default()
+        },
+    );
+    let mut alerts = Vec::new();
+    for i in 0..1000 {
+        let e = ev(
+            &format!("{i}"),
+            i / 10,
+            &format!("10.0.{}.{}", i / 256, i % 256),
+            403,
+        );
+        let line = e.line();
+        let rec = RawRecord {
+            message: line.as_bytes(),
+            ..Default::default()
+        };
+        visit_events(&rec, &mut |v| engine.observe(&v.unwrap(), &mut alerts));
+    }
+    // 1,000 addresses over 100 s; a 1 m window holds at most the last ~600 of them.
+    assert!(engine.active_keys() <= 700, "{}", engine.active_keys());
+}
+
+/// detection.md for distinct rules: distinct values among counted events in (t − w, t].
+fn reference_distinct(
+    events: &[Ev],
+    threshold: usize,
+    window: Micros,
+    cooldown: Micros,
+) -> Vec<(String, Micros, u64)> {
+    let mut sorted: Vec<&Ev> = events.iter().filter(|e| e.code == 403).collect();
+    sorted.sort_by(|a, b| (a.t, &a.id).cmp(&(b.t, &b.id)));
+    let mut counted: Vec<(String, Micros, String)> = Vec::new();
+    let mut cooling: std::collections::HashMap<String, Micros> = Default::default();
+    let mut out = Vec::new();
+    for e in sorted {
+        let mut ips = e.ips.clone();
+        ips.sort();
+        ips.dedup();
+        for ip in ips {
+            counted.push((ip.clone(), e.t, e.resource.clone()));
+            let distinct: std::collections::BTreeSet<&str> = counted
+                .iter()
+                .filter(|(k, t, _)| *k == ip && *t > e.t - window && *t <= e.t)
+                .map(|(_, _, r)| r.as_str())
+                .collect();
+            if distinct.len() >= threshold && cooling.get(&ip).is_none_or(|c| e.t >= *c) {
+                cooling.insert(ip.clone(), e.t + cooldown);
+                let n = counted
+                    .iter()
+                    .filter(|(k, t, _)| *k == ip && *t > e.t - window && *t <= e.t)
+                    .count();
+                out.push((ip, e.t, n as u64));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// detection.md for spike rules with baseline buckets of baseline/60: the window's count is
+/// exact; a baseline event counts when its whole bucket lies in (t − w − b, t − w].
+fn reference_spike(
+    events: &[Ev],
+    min: u64,
+    ratio: f64,
+    window: Micros,
+    baseline: Micros,
+    cooldown: Micros,
+) -> Vec<(String, Micros, u64)> {
+    let mut sorted: Vec<&Ev> = events.iter().filter(|e| e.code == 403).collect();
+    sorted.sort_by(|a, b| (a.t, &a.id).cmp(&(b.t, &b.id)));
+    let width = baseline / 60;
+    let mut counted: Vec<Micros> = Vec::new();
+    let mut cooling: Option<Micros> = None;
+    let mut out = Vec::new();
+    for e in sorted {
+        counted.push(e.t);
+        let t = e.t;
+        let n = counted
+            .iter()
+            .filter(|&&x| x > t - window && x <= t)
+            .count() as u64;
+        let (lo, hi) = (t - window - baseline, t - window);
+        let base = counted
+            .iter()
+            .filter(|&&x| {
+                let s = x.div_euclid(width) * width;
+                x > lo && x <= hi && s > lo && s + width - 1 <= hi
+            })
+            .count() as u64;
+        let expected = base as f64 * window as f64 / baseline as f64;
+        if n >= min && n as f64 >= ratio * expected && cooling.is_none_or(|c| t >= c) {
+            cooling = Some(t + cooldown);
+            out.push((String::new(), t, n));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
+
+    #[test]
+    fn distinct_agrees_with_the_reference(events in stream(), threshold in 1usize..5, win_s in 5i64..90, cool_s in 0i64..120) {
+        let yaml = format!("id: d\nkind: distinct\ndistinct_of: objectRef.resource\nmatch: {{responseStatus.code: 403}}\ngroup_by: [sourceIPs]\nwindow: {win_s}s\nthreshold: {threshold}\ncooldown: {cool_s}s\n");
+        let got = summary(&run(&yaml, &events));
+        prop_assert_eq!(got, reference_distinct(&events, threshold, win_s * SEC, cool_s * SEC));
+    }
+
+    #[test]
+    fn spike_agrees_with_the_reference(gaps in prop::collection::vec((0i64..4, 0usize..3), 1..300), min in 1u64..8, ratio in 1u32..5, cool_s in 0i64..60) {
+        // Whole seconds, so the window's edges fall where the reference expects them.
+        let mut t = base();
+        let events: Vec<Ev> = gaps.iter().enumerate().map(|(i, (g, c))| {
+            t += g * SEC;
+            Ev { code: [200, 403, 403][*c], ..ev(&format!("{i:04}"), 0, "ip", 403) }.at(t)
+        }).collect();
+        let yaml = format!("id: s\nkind: spike\nmatch: {{responseStatus.code: 403}}\nwindow: 10s\nbaseline: 60s\nratio: {ratio}\nmin_count: {min}\ncooldown: {cool_s}s\n");
+        let got: Vec<(String, Micros, u64)> = run(&yaml, &events).iter().map(|a| (String::new(), a.window_end, a.count)).collect();
+        prop_assert_eq!(got, reference_spike(&events, min, f64::from(ratio), 10 * SEC, 60 * SEC, cool_s * SEC));
+    }
+}
+
+impl Ev {
+    fn at(mut self, t: Micros) -> Ev {
+        self.t = t;
+        self
     }
 }
