@@ -45,12 +45,38 @@ pub fn rules(rel: &str) -> Vec<Rule> {
     load_rules(&path.display().to_string(), &text).expect("valid rules")
 }
 
-/// Replays `inputs` with `rules`; returns the alerts and the summary.
+/// Replays `inputs` with `rules`; returns the alerts and the summary. Runs twice, with and
+/// without the prefilter, and checks that both agree.
 pub fn run(
     inputs: &[PathBuf],
     format: FormatChoice,
     rules: Vec<Rule>,
     cluster: Option<&str>,
+) -> (Vec<Alert>, Summary) {
+    let with = run_with(inputs, format, rules.clone(), cluster, true);
+    let without = run_with(inputs, format, rules, cluster, false);
+    // The prefilter only saves work: alerts and counts are the same without it.
+    assert_eq!(
+        lines(&with.0),
+        lines(&without.0),
+        "prefilter changed the alerts"
+    );
+    assert_eq!(with.1.events_parsed, without.1.events_parsed);
+    assert_eq!(with.1.events_matched, without.1.events_matched);
+    assert_eq!(
+        with.1.parse_errors_by_reason,
+        without.1.parse_errors_by_reason
+    );
+    with
+}
+
+/// Replays with the prefilter on or off.
+pub fn run_with(
+    inputs: &[PathBuf],
+    format: FormatChoice,
+    rules: Vec<Rule>,
+    cluster: Option<&str>,
+    prefilter: bool,
 ) -> (Vec<Alert>, Summary) {
     let mut sink = Collect::default();
     let opts = ReplayOptions {
@@ -59,6 +85,7 @@ pub fn run(
         max_lateness: 120_000_000,
         cluster: cluster.map(str::to_owned),
         progress: false,
+        prefilter,
     };
     let summary = replay(&opts, rules, vec![&mut sink]).expect("replay succeeds");
     (sink.0, summary)

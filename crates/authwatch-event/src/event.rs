@@ -275,6 +275,108 @@ pub fn decode(raw: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     }))
 }
 
+/// Checks, without decoding, that a record could be an audit event: valid UTF-8, one
+/// well-formed JSON object (strings closed, brackets balanced, nothing after it), `kind`
+/// absent or a string naming `Event`/`EventList`, and one of the keys an event, a wrapper or
+/// a list has. Several times faster than [`decode`]; used for records the prefilter rules out,
+/// so that truncated, empty and non-event lines are still counted. Scalars inside are not
+/// checked (`{"auditID":"a","code":4x}` passes).
+///
+/// ```
+/// use authwatch_event::event::check_structure;
+/// assert!(check_structure(br#"{"kind":"Event","auditID":"a","user":{"username":"x"}}"#).is_ok());
+/// assert_eq!(check_structure(br#"{"kind": 0}"#).unwrap_err().reason(), "not_an_event");
+/// assert_eq!(check_structure(br#"{"auditID":"a","verb":"li"#).unwrap_err().reason(), "invalid_json");
+/// ```
+pub fn check_structure(raw: &[u8]) -> Result<(), DecodeError> {
+    let b = trim_ascii(raw);
+    if b.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if b[0] != b'{' {
+        // Rare: let the decoder classify it.
+        return decode(b).map(|_| ());
+    }
+    if std::str::from_utf8(b).is_err() {
+        return Err(DecodeError::Json("invalid UTF-8".into()));
+    }
+    let truncated = || DecodeError::Json("truncated or malformed JSON".into());
+    let mut depth: u32 = 0;
+    let mut has_event_key = false;
+    let mut kind_error = None;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                loop {
+                    let k = memchr::memchr2(b'"', b'\\', &b[j..]).ok_or_else(truncated)? + j;
+                    if b[k] == b'\\' {
+                        j = k + 2;
+                        if j > b.len() {
+                            return Err(truncated());
+                        }
+                    } else {
+                        j = k;
+                        break;
+                    }
+                }
+                let text = &b[start..j];
+                i = j + 1;
+                if depth == 1 {
+                    let mut n = i;
+                    while n < b.len() && b[n].is_ascii_whitespace() {
+                        n += 1;
+                    }
+                    if n < b.len() && b[n] == b':' {
+                        match text {
+                            b"auditID" | b"verb" | b"requestURI" | b"log" | b"message"
+                            | b"items" => has_event_key = true,
+                            b"kind" => {
+                                let mut v = n + 1;
+                                while v < b.len() && b[v].is_ascii_whitespace() {
+                                    v += 1;
+                                }
+                                let rest = &b[v..];
+                                if !(rest.starts_with(b"\"Event\"")
+                                    || rest.starts_with(b"\"EventList\""))
+                                {
+                                    // Reported only if the whole object is well-formed.
+                                    kind_error = Some(if rest.first() == Some(&b'"') {
+                                        "kind is not Event"
+                                    } else {
+                                        "a field has the wrong type"
+                                    });
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1).ok_or_else(truncated)?;
+                if depth == 0 {
+                    if i + 1 != b.len() {
+                        return Err(DecodeError::Json("data after the JSON object".into()));
+                    }
+                    return match kind_error {
+                        Some(why) => Err(DecodeError::NotAnEvent(why)),
+                        None if has_event_key => Ok(()),
+                        None => Err(DecodeError::NotAnEvent("no auditID, verb or requestURI")),
+                    };
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Err(truncated())
+}
+
 fn data_error_reason(e: &serde_json::Error) -> &'static str {
     let msg = e.to_string();
     if msg.contains("invalid type") {
@@ -436,6 +538,47 @@ mod tests {
         }
         let bad_utf8 = b"{\"auditID\":\"\xff\xfe\"}";
         assert_eq!(decode(bad_utf8).unwrap_err().reason(), "invalid_json");
+    }
+
+    #[test]
+    fn structure_check_agrees_with_decode_on_what_is_not_an_event() {
+        let lines: &[&[u8]] = &[
+            b"",
+            b"   ",
+            b"{\"kind\":0}",
+            b"{\"kind\":\"Pod\",\"auditID\":\"x\"}",
+            b"{}",
+            b"[1,2]",
+            b"hello world",
+            b"{\"auditID\":\"a\",\"verb\":\"li",
+            b"{\"auditID\":\"a\",\"x\":\"\\\"}",
+            b"{\"auditID\":\"a\"}}",
+            b"{\"auditID\":\"\xff\xfe\"}",
+            br#"{"kind":"Event","auditID":"a","user":{"username":"x","groups":["a","b"]},"objectRef":{"resource":"events"}}"#,
+            br#"{"log":"{\"auditID\":\"a\"}","host":"h"}"#,
+            br#"{"kind":"EventList","items":[]}"#,
+        ];
+        for line in lines {
+            let full = decode(line).map(|_| ()).map_err(|e| e.reason());
+            let quick = check_structure(line).map_err(|e| e.reason());
+            assert_eq!(quick, full, "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn structure_check_agrees_with_decode_on_every_truncation() {
+        let line = br#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"a1","verb":"list","user":{"username":"bob","groups":["g"]},"sourceIPs":["198.51.100.7"],"responseStatus":{"code":403,"message":"no \"quotes\" \\ here"},"requestObject":{"a":[1,{"b":null}]},"requestReceivedTimestamp":"2026-11-20T10:00:00Z"}"#;
+        for cut in 0..=line.len() {
+            let part = &line[..cut];
+            let full = decode(part).map(|_| ()).map_err(|e| e.reason());
+            let quick = check_structure(part).map_err(|e| e.reason());
+            assert_eq!(
+                quick,
+                full,
+                "cut at {cut}: {}",
+                String::from_utf8_lossy(part)
+            );
+        }
     }
 
     #[test]

@@ -69,6 +69,10 @@ struct ReplayArgs {
     /// No summary on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Decode every record, even those no rule can match (slower; every malformed field is
+    /// then counted, not only malformed structure).
+    #[arg(long)]
+    no_prefilter: bool,
     /// Files, directories (CloudWatch S3 export trees), or `-` for standard input.
     #[arg(required = true, value_name = "PATH")]
     inputs: Vec<PathBuf>,
@@ -180,6 +184,7 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
         max_lateness: args.max_lateness,
         cluster: args.cluster,
         progress: !args.no_progress && !args.quiet,
+        prefilter: !args.no_prefilter,
     };
     let sinks: Vec<&mut dyn AlertSink> = vec![&mut sink];
     match replay(&opts, rules, sinks) {
@@ -245,6 +250,7 @@ fn run_demo() -> ExitCode {
         max_lateness: 120_000_000,
         cluster: Some("demo".into()),
         progress: false,
+        prefilter: true,
     };
     match replay(&opts, rules, vec![&mut sink]) {
         Ok(summary) => {

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::io;
 
+use authwatch_event::event::check_structure;
 use authwatch_event::framing::FramingError;
 use authwatch_event::{visit_events, RawRecord};
-use authwatch_rules::{Alert, Engine, EngineStats};
+use authwatch_rules::{Alert, Engine, EngineStats, Prefilter};
 use serde::Serialize;
 
 use crate::input::Location;
@@ -31,8 +32,11 @@ pub struct ErrorSample {
 pub struct Counters {
     /// Records read (lines, CloudWatch events).
     pub records: u64,
-    /// Audit events decoded (an EventList counts each item).
+    /// Audit events read: decoded (an EventList counts each item), or checked and passed
+    /// over by the prefilter.
     pub events_parsed: u64,
+    /// Of those, records the prefilter ruled out: structure-checked, not decoded.
+    pub prefiltered: u64,
     /// Records or events that could not be used.
     pub parse_errors: u64,
     /// The same, by reason.
@@ -69,15 +73,21 @@ fn truncate_chars(s: &mut String, max: usize) {
 /// Decodes records, feeds the engine, and delivers the alerts.
 pub struct Pipeline<'s> {
     engine: Engine,
+    prefilter: Option<Prefilter>,
     sinks: Vec<&'s mut dyn AlertSink>,
     alerts: Vec<Alert>,
     counters: Counters,
 }
 
 impl<'s> Pipeline<'s> {
-    /// A pipeline delivering to `sinks`.
-    pub fn new(engine: Engine, sinks: Vec<&'s mut dyn AlertSink>) -> Self {
+    /// A pipeline delivering to `sinks`. With `prefilter`, records that no rule can match
+    /// (by the literal bytes the rules need) are only structure-checked, not decoded.
+    pub fn new(engine: Engine, sinks: Vec<&'s mut dyn AlertSink>, prefilter: bool) -> Self {
+        let prefilter = prefilter
+            .then(|| Prefilter::new(engine.rules()))
+            .filter(|p| !p.passes_everything());
         Pipeline {
+            prefilter,
             engine,
             sinks,
             alerts: Vec::new(),
@@ -99,6 +109,18 @@ impl<'s> Pipeline<'s> {
             }
         };
         self.counters.records += 1;
+        if let Some(p) = &self.prefilter {
+            if !p.may_match(record.message) {
+                match check_structure(record.message) {
+                    Ok(()) => {
+                        self.counters.events_parsed += 1;
+                        self.counters.prefiltered += 1;
+                    }
+                    Err(e) => self.counters.parse_error(e.reason(), e.to_string(), &loc),
+                }
+                return Ok(());
+            }
+        }
         let (engine, counters, alerts) = (&mut self.engine, &mut self.counters, &mut self.alerts);
         visit_events(&record, &mut |ev| match ev {
             Ok(view) if view.time.is_none() => {

@@ -27,6 +27,8 @@ pub struct ReplayOptions {
     pub cluster: Option<String>,
     /// Show a progress bar (only ever on a terminal).
     pub progress: bool,
+    /// Skip decoding records no rule can match (see [`Pipeline::new`]).
+    pub prefilter: bool,
 }
 
 /// Why a replay failed; [`ReplayError::exit_code`] maps it to the process status.
@@ -79,7 +81,7 @@ fn run_plan(
             ..EngineConfig::default()
         },
     );
-    let mut pipeline = Pipeline::new(engine, sinks);
+    let mut pipeline = Pipeline::new(engine, sinks, opts.prefilter);
     let bytes = Arc::new(AtomicU64::new(0));
     let bar =
         (opts.progress && std::io::stderr().is_terminal()).then(|| progress_bar(plan.total_bytes));

@@ -17,8 +17,10 @@ pub struct Summary {
     pub bytes: u64,
     /// Records read (lines, CloudWatch events).
     pub records: u64,
-    /// Audit events decoded.
+    /// Audit events read (decoded, or structure-checked and ruled out by the prefilter).
     pub events_parsed: u64,
+    /// Of those, ruled out by the prefilter without decoding.
+    pub prefiltered: u64,
     /// Events that matched at least one rule.
     pub events_matched: u64,
     /// Rule matches ignored because the auditID was already counted for the rule.
@@ -71,6 +73,7 @@ impl Summary {
             bytes,
             records: c.records,
             events_parsed: c.events_parsed,
+            prefiltered: c.prefiltered,
             events_matched: e.matched,
             duplicates: e.duplicates,
             late_events: e.late_events,
@@ -93,11 +96,12 @@ impl Summary {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "authwatch: {} file(s), {} bytes, {} records, {} events parsed, {} matched, {} duplicates, {} late ({} too late to count), {} parse errors",
+            "authwatch: {} file(s), {} bytes, {} records, {} events parsed ({} ruled out by the prefilter), {} matched, {} duplicates, {} late ({} too late to count), {} parse errors",
             self.files,
             self.bytes,
             self.records,
             self.events_parsed,
+            self.prefiltered,
             self.events_matched,
             self.duplicates,
             self.late_events,
