@@ -27,11 +27,15 @@ fn main() {
     let mut code = String::new();
     for (name, dir, filter) in [
         ("BUNDLED_RULES", root.join("rules"), "yaml"),
+        ("BUNDLED_RULE_FIXTURES", root.join("rules"), ""),
         ("DEMO_FILES", root.join("samples/demo"), ""),
     ] {
         println!("cargo:rerun-if-changed={}", dir.display());
         let mut files = Vec::new();
-        if filter.is_empty() {
+        if name == "BUNDLED_RULE_FIXTURES" {
+            // Test events of the bundled rules (`rules/tests/...`), for `rules test`.
+            files_under(&dir.join("tests"), &mut files);
+        } else if filter.is_empty() {
             files_under(&dir, &mut files);
         } else if let Ok(entries) = std::fs::read_dir(&dir) {
             files = entries

@@ -14,6 +14,7 @@ use authwatch::sinks::AlertSink;
 use authwatch_event::framing::Format;
 use authwatch_event::time::parse_timestamp;
 use authwatch_rules::rule::parse_duration;
+use authwatch_rules::RuleKind;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -35,11 +36,22 @@ enum Command {
     Demo,
     /// Write a synthetic EKS audit data set with planted attacks.
     Generate(GenerateArgs),
-    /// Load rules, report errors, and list what was loaded.
-    Rules {
+    /// Check rule files, or run their tests.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate rules and list them (id, kind, keys, window, threshold), with warnings.
+    Check {
         /// Rule files or directories (default: the bundled set).
-        #[arg(long = "rules", value_name = "PATH")]
-        rules: Vec<PathBuf>,
+        paths: Vec<PathBuf>,
+    },
+    /// Run the rules' `tests:`; prints PASS/FAIL per case, exits 1 on a failure.
+    Test {
+        /// Rule files or directories (default: the bundled set).
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -122,30 +134,88 @@ fn main() -> ExitCode {
         Command::Replay(args) => run_replay(args),
         Command::Demo => run_demo(),
         Command::Generate(args) => exit_on(run_generate(args)),
-        Command::Rules { rules } => match rule_files::load(&rules) {
-            Ok(rules) => {
-                for r in rules {
-                    println!(
-                        "{}\t{}\tthreshold {} in {}s by [{}]\t{}",
-                        r.id,
-                        r.severity,
-                        r.threshold,
-                        r.window / 1_000_000,
-                        r.group_by
-                            .iter()
-                            .map(|g| g.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        r.source
-                    );
-                }
-                ExitCode::SUCCESS
+        Command::Rules(RulesCommand::Check { paths }) => rules_check(&paths),
+        Command::Rules(RulesCommand::Test { paths }) => rules_test(&paths),
+    }
+}
+
+fn rules_check(paths: &[PathBuf]) -> ExitCode {
+    let rules = match rule_files::load(paths) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("authwatch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("id\tkind\tseverity\tgroup_by\twindow\tthreshold\ttests\tfile");
+    for r in &rules {
+        let threshold = match &r.kind {
+            RuleKind::Threshold => format!("{} events", r.threshold),
+            RuleKind::Distinct { name, .. } => format!("{} distinct {name}", r.threshold),
+            RuleKind::Spike { baseline, ratio } => format!(
+                "{ratio}x the rate of the previous {}s, at least {}",
+                baseline / 1_000_000,
+                r.threshold
+            ),
+        };
+        println!(
+            "{}\t{}\t{}\t[{}]\t{}s\t{}\t{}\t{}",
+            r.id,
+            r.kind.as_str(),
+            r.severity,
+            r.group_by
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.window / 1_000_000,
+            threshold,
+            r.tests.len(),
+            r.source
+        );
+    }
+    let mut warnings = 0;
+    for r in &rules {
+        for w in r.warnings() {
+            warnings += 1;
+            eprintln!("warning: {}: rule `{}`: {w}", r.source, r.id);
+        }
+    }
+    eprintln!("{} rule(s) valid, {warnings} warning(s)", rules.len());
+    ExitCode::SUCCESS
+}
+
+fn rules_test(paths: &[PathBuf]) -> ExitCode {
+    let rules = match rule_files::load(paths) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("authwatch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for rule in &rules {
+        if rule.tests.is_empty() {
+            println!("NONE {}: no tests", rule.id);
+        }
+        let outcomes = authwatch_rules::run_tests(rule, &mut |rel| {
+            rule_files::load_fixture(&rule.source, rel)
+        });
+        for o in outcomes {
+            if o.passed {
+                passed += 1;
+                println!("PASS {}: {}", o.rule, o.case);
+            } else {
+                failed += 1;
+                println!("FAIL {}: {}: {}", o.rule, o.case, o.detail);
             }
-            Err(e) => {
-                eprintln!("authwatch: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -167,6 +237,11 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for r in &rules {
+        for w in r.warnings() {
+            eprintln!("authwatch: warning: {}: rule `{}`: {w}", r.source, r.id);
+        }
+    }
     let target = args
         .output
         .clone()

@@ -10,6 +10,24 @@ mod embedded {
 
 pub use embedded::DEMO_FILES;
 
+/// The name bundled rules carry as their source (`<bundled>/denied-by-host.yaml`).
+pub const BUNDLED_PREFIX: &str = "<bundled>/";
+
+/// Reads a rule test's `events_file`, relative to the rule's file (bundled rules read their
+/// embedded fixtures).
+pub fn load_fixture(rule_source: &str, rel: &str) -> Result<Vec<u8>, String> {
+    if rule_source.starts_with(BUNDLED_PREFIX) {
+        let rel = rel.trim_start_matches("./");
+        return embedded::BUNDLED_RULE_FIXTURES
+            .iter()
+            .find(|(name, _)| format!("tests/{name}") == rel)
+            .map(|(_, bytes)| bytes.to_vec())
+            .ok_or_else(|| format!("no bundled fixture {rel}"));
+    }
+    let base = Path::new(rule_source).parent().unwrap_or(Path::new("."));
+    std::fs::read(base.join(rel)).map_err(|e| e.to_string())
+}
+
 /// The bundled rule files, as (file name, text).
 pub fn bundled() -> impl Iterator<Item = (&'static str, &'static str)> {
     embedded::BUNDLED_RULES
@@ -23,7 +41,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Rule>, RuleError> {
     let mut rules = Vec::new();
     if paths.is_empty() {
         for (name, text) in bundled() {
-            rules.extend(load_rules(&format!("<bundled>/{name}"), text)?);
+            rules.extend(load_rules(&format!("{BUNDLED_PREFIX}{name}"), text)?);
         }
     } else {
         for p in paths {

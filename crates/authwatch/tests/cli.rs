@@ -168,8 +168,8 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn rules_lists_the_bundled_set() {
-    let o = authwatch(&["rules"], None);
+fn rules_check_lists_the_bundled_set() {
+    let o = authwatch(&["rules", "check"], None);
     assert!(o.status.success());
     let out = String::from_utf8(o.stdout.clone()).unwrap();
     for id in ["denied-by-host", "denied-by-source-ip", "denied-by-user"] {
@@ -200,4 +200,75 @@ fn generate_is_reproducible() {
     let a = std::fs::read(a).unwrap();
     assert_eq!(a, std::fs::read(b).unwrap());
     assert_eq!(a.iter().filter(|&&c| c == b'\n').count(), 500);
+}
+
+#[test]
+fn rules_test_runs_the_bundled_tests_and_fails_on_a_wrong_expectation() {
+    let o = authwatch(&["rules", "test"], None);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.lines()
+            .last()
+            .unwrap_or("")
+            .ends_with(" passed, 0 failed"),
+        "{out}"
+    );
+    assert!(!out.contains("FAIL"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        r#"
+id: r
+match: {responseStatus.code: 403}
+group_by: [sourceIPs]
+window: 1m
+threshold: 2
+tests:
+  - name: two denials fire
+    events:
+      - {auditID: a, sourceIPs: [192.0.2.1], responseStatus: {code: 403}, requestReceivedTimestamp: "2026-11-20T10:00:00Z"}
+      - {auditID: b, sourceIPs: [192.0.2.1], responseStatus: {code: 403}, requestReceivedTimestamp: "2026-11-20T10:00:01Z"}
+    expect:
+      - {group: {sourceIPs: 192.0.2.1}, count: 2}
+  - name: wrongly expects silence
+    events_file: two.jsonl
+    expect: []
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("two.jsonl"),
+        (0..2)
+            .map(|i| denied(i, "192.0.2.9") + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let o = authwatch(&["rules", "test", dir.path().to_str().unwrap()], None);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("PASS r: two denials fire"), "{out}");
+    assert!(
+        out.contains("FAIL r: wrongly expects silence: expected 0 alert(s), got 1"),
+        "{out}"
+    );
+    assert!(out.contains("1 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn rules_check_warns_about_a_condition_that_can_never_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        "id: r\nmatch: {responseStatus.code: forbidden}\nwindow: 1m\nthreshold: 2\n",
+    )
+    .unwrap();
+    let o = authwatch(&["rules", "check", dir.path().to_str().unwrap()], None);
+    assert!(o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("warning:") && e.contains("can never hold"),
+        "{e}"
+    );
 }
