@@ -210,8 +210,13 @@ fn every_framing_gives_the_golden_alerts() {
         .collect();
     assert_eq!(
         rules_fired.into_iter().collect::<Vec<_>>(),
-        ["denied-by-host", "denied-by-source-ip", "denied-by-user"],
-        "the planted attacks fire all three bundled rules"
+        [
+            "denied-by-host",
+            "denied-by-source-ip",
+            "denied-by-user",
+            "secret-access-denied-for-service-account"
+        ],
+        "the planted attacks fire the three guidance rules, and the scanner the secrets rule"
     );
     golden("framings.alerts.jsonl", &reference);
 

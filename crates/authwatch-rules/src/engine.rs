@@ -302,6 +302,9 @@ struct RuleState {
     cardinality_cooling_until: Option<Micros>,
     /// Event time of the last sweep.
     last_sweep: Option<Micros>,
+    /// The earliest event time counted: a spike rule judges a rise only once it has seen a
+    /// whole baseline.
+    first_time: Option<Micros>,
 }
 
 impl RuleState {
@@ -504,6 +507,7 @@ impl Engine {
         }
         // Entries whose window has emptied can go (a late match may then count low: never high).
         let horizon = now.saturating_sub(rule.window);
+        state.first_time = Some(state.first_time.map_or(p.time, |f| f.min(p.time)));
         let keys = std::mem::take(&mut p.keys);
         for key in keys {
             state.touches += 1;
@@ -554,7 +558,14 @@ impl Engine {
                 if ks.cooling_at(end) {
                     continue;
                 }
-                if let Some(alert) = evaluate(rule, &key, ks, end, self.config.sample_size) {
+                if let Some(alert) = evaluate(
+                    rule,
+                    &key,
+                    ks,
+                    end,
+                    self.config.sample_size,
+                    state.first_time,
+                ) {
                     ks.cooling_until = Some(end.saturating_add(rule.cooldown));
                     out.push(alert);
                     *self
@@ -648,6 +659,7 @@ fn evaluate(
     ks: &KeyState,
     end: Micros,
     sample_size: usize,
+    first_time: Option<Micros>,
 ) -> Option<Alert> {
     let (first, n) = ks.window(end, rule.window);
     let mut alert = match &rule.kind {
@@ -697,6 +709,10 @@ fn evaluate(
             }
             let lo = end - rule.window - baseline;
             let hi = end - rule.window;
+            // Without a whole baseline observed, a busy start would look like a rise.
+            if first_time.is_none_or(|f| f > lo) {
+                return None;
+            }
             let base = ks.baseline(lo, hi, bucket_width(*baseline));
             // Rates, so a 1-hour baseline compares with a 5-minute window.
             let expected = base as f64 * rule.window as f64 / *baseline as f64;

@@ -302,7 +302,13 @@ pub fn load_rules(source: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
                     _ => return Err(err(None, Some("rules"), "expected a list of rules".into())),
                 }
             }
-            m @ Yaml::Mapping(_) => vec![m],
+            // One rule; `lists:` may sit beside its fields (the file's lists).
+            Yaml::Mapping(mut m) => {
+                if let Some(l) = m.remove("lists") {
+                    lists = parse_lists(&l).map_err(|(f, msg)| err(None, Some(&f), msg))?;
+                }
+                vec![Yaml::Mapping(m)]
+            }
             _ => {
                 return Err(err(
                     None,

@@ -399,16 +399,26 @@ fn distinct_counts_different_values_per_key() {
 
 #[test]
 fn spike_compares_the_window_rate_with_the_baseline_rate() {
-    // 10 s window, 60 s baseline: 1 denial a second (6 per 10 s... in baseline terms 60 per
-    // minute) is normal; 40 in 10 s is a spike of 40 / (60 × 10/60) = 4×.
+    // 10 s window, 60 s baseline: 1 denial a second is normal (10 per window); 40 in 10 s is
+    // a rise of about 4×.
     let rule = "id: s\nkind: spike\nmatch: {responseStatus.code: 403}\nwindow: 10s\nbaseline: 60s\nratio: 3\nmin_count: 20\ncooldown: 1h\n";
-    let mut events: Vec<Ev> = (0..70)
+    let burst_only: Vec<Ev> = (0..40)
+        .map(|i| Ev {
+            t: base() + i * SEC / 4,
+            ..ev(&format!("x{i}"), 0, "ip", 403)
+        })
+        .collect();
+    assert!(
+        run(rule, &burst_only).is_empty(),
+        "no baseline observed yet: no judgement"
+    );
+    let mut events: Vec<Ev> = (0..80)
         .map(|i| ev(&format!("b{i}"), i, "ip", 403))
         .collect();
     assert!(run(rule, &events).is_empty(), "steady rate never spikes");
     for i in 0..40 {
         events.push(Ev {
-            t: base() + 70 * SEC + i * SEC / 4,
+            t: base() + 80 * SEC + i * SEC / 4,
             ..ev(&format!("x{i}"), 0, "ip", 403)
         });
     }
@@ -544,9 +554,13 @@ fn reference_spike(
     let mut counted: Vec<Micros> = Vec::new();
     let mut cooling: Option<Micros> = None;
     let mut out = Vec::new();
+    let first = sorted.first().map_or(0, |e| e.t);
     for e in sorted {
         counted.push(e.t);
         let t = e.t;
+        if first > t - window - baseline {
+            continue; // no whole baseline seen yet
+        }
         let n = counted
             .iter()
             .filter(|&&x| x > t - window && x <= t)

@@ -20,7 +20,7 @@ pub fn load_fixture(rule_source: &str, rel: &str) -> Result<Vec<u8>, String> {
         let rel = rel.trim_start_matches("./");
         return embedded::BUNDLED_RULE_FIXTURES
             .iter()
-            .find(|(name, _)| format!("tests/{name}") == rel)
+            .find(|(name, _)| *name == rel)
             .map(|(_, bytes)| bytes.to_vec())
             .ok_or_else(|| format!("no bundled fixture {rel}"));
     }

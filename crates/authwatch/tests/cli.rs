@@ -45,7 +45,12 @@ fn demo_prints_the_planted_attack() {
         .collect();
     assert_eq!(
         rules,
-        ["denied-by-source-ip", "denied-by-user", "denied-by-host"]
+        [
+            "secret-access-denied-for-service-account",
+            "denied-by-source-ip",
+            "denied-by-user",
+            "denied-by-host"
+        ]
     );
     assert!(out.contains("\"sourceIPs\":\"198.51.100.7\""));
     assert!(
