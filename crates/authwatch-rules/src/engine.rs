@@ -84,7 +84,58 @@ struct HitInfo {
     cluster: Option<Arc<str>>,
 }
 
-type Key = Arc<[Box<str>]>;
+/// A key: the values of a rule's `group_by`, in one allocation (memory per key matters when
+/// an attacker sprays addresses). Each value is stored as its length in bytes, `:`, and the
+/// value, so no value can run into the next.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key(Arc<str>);
+
+impl Key {
+    fn new<S: AsRef<str>>(values: &[S]) -> Key {
+        let mut s = String::with_capacity(values.iter().map(|v| v.as_ref().len() + 4).sum());
+        for v in values {
+            let v = v.as_ref();
+            s.push_str(&v.len().to_string());
+            s.push(':');
+            s.push_str(v);
+        }
+        Key(Arc::from(s))
+    }
+
+    /// The values, in `group_by` order.
+    fn values(&self) -> impl Iterator<Item = &str> {
+        let mut rest: &str = &self.0;
+        std::iter::from_fn(move || {
+            let (len, tail) = rest.split_once(':')?;
+            let len: usize = len.parse().ok()?;
+            let value = tail.get(..len)?;
+            rest = tail.get(len..)?;
+            Some(value)
+        })
+    }
+}
+
+/// Shares the text of low-cardinality fields (verbs, API servers, clusters, users) between
+/// the events that carry them, up to a bound, past which text is simply not shared.
+#[derive(Debug, Default)]
+struct Interner {
+    set: std::collections::HashSet<Arc<str>>,
+}
+
+impl Interner {
+    const CAP: usize = 100_000;
+
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.set.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        if self.set.len() < Self::CAP {
+            self.set.insert(a.clone());
+        }
+        a
+    }
+}
 
 /// A rule match waiting in the reorder buffer.
 #[derive(Debug)]
@@ -362,6 +413,7 @@ pub struct Engine {
     clock: Option<Micros>,
     config: EngineConfig,
     cluster: Option<Arc<str>>,
+    interner: Interner,
     stats: EngineStats,
 }
 
@@ -381,6 +433,7 @@ impl Engine {
             watermark: None,
             clock: None,
             cluster: config.cluster.as_deref().map(Arc::from),
+            interner: Interner::default(),
             config,
             stats,
         }
@@ -441,7 +494,9 @@ impl Engine {
                 _ => None,
             };
             let info = info
-                .get_or_insert_with(|| Arc::new(hit_info(view, self.cluster.as_ref())))
+                .get_or_insert_with(|| {
+                    Arc::new(hit_info(view, self.cluster.as_ref(), &mut self.interner))
+                })
                 .clone();
             self.seq += 1;
             self.pending.push(Reverse(Pending {
@@ -612,18 +667,22 @@ impl Engine {
     }
 }
 
-fn hit_info(view: &EventView<'_, '_>, cluster: Option<&Arc<str>>) -> HitInfo {
+fn hit_info(
+    view: &EventView<'_, '_>,
+    cluster: Option<&Arc<str>>,
+    interner: &mut Interner,
+) -> HitInfo {
     let ev = view.event;
     HitInfo {
         audit_id: ev.audit_id.as_ref().map(|a| Arc::from(a.as_str())),
         code: ev.code(),
-        verb: ev.verb.as_ref().map(|v| Arc::from(v.as_str())),
-        user: ev.username().map(Arc::from),
-        host: view.host.map(Arc::from),
+        verb: ev.verb.as_ref().map(|v| interner.get(v.as_str())),
+        user: ev.username().map(|u| interner.get(u)),
+        host: view.host.map(|h| interner.get(h)),
         cluster: cluster.cloned().or_else(|| {
             view.log_group
                 .and_then(cluster_from_log_group)
-                .map(Arc::from)
+                .map(|c| interner.get(c))
         }),
     }
 }
@@ -649,7 +708,7 @@ fn group_keys(rule: &Rule, facts: &EventFacts<'_, '_, '_>) -> SmallVec<[Key; 1]>
         }
         keys = next;
     }
-    keys.into_iter().map(Key::from).collect()
+    keys.into_iter().map(|k| Key::new(&k)).collect()
 }
 
 /// Whether the key's window ending at `end` fires, and the alert if so.
@@ -745,7 +804,7 @@ fn cardinality_alert(rule: &Rule, evictions: u64, p: &Pending) -> Alert {
         info: p.info.clone(),
         distinct: None,
     };
-    let key: Key = Arc::from(vec![Box::<str>::from(rule.id.as_str())]);
+    let key = Key::new(&[rule.id.as_str()]);
     let mut a = build_alert(
         rule,
         &key,
@@ -816,12 +875,12 @@ fn build_alert<'a>(
     let group = Group(
         rule.group_by
             .iter()
-            .zip(key.iter())
-            .map(|(g, v)| (g.name.clone(), v.to_string()))
+            .zip(key.values())
+            .map(|(g, v)| (g.name.clone(), v.to_owned()))
             .collect(),
     );
     let mut id_parts: Vec<&[u8]> = vec![rule.id.as_bytes()];
-    id_parts.extend(key.iter().map(|v| v.as_bytes()));
+    id_parts.extend(key.values().map(str::as_bytes));
     let end_bytes = end.to_be_bytes();
     id_parts.push(&end_bytes);
     Alert {
