@@ -31,6 +31,7 @@ const CONDITIONS: &[&str] = &[
     "impersonatedUser.username: {exists: true}",
 ];
 
+#[allow(clippy::too_many_arguments)]
 fn event(
     code: i64,
     verb: &str,
@@ -88,10 +89,9 @@ proptest! {
             .enumerate()
             .map(|(i, conds)| {
                 let body: Vec<String> = conds.iter().map(|&c| format!("    {}", CONDITIONS[c])).collect();
-                format!("- id: r{i}\n  match:\n{}\n  window: 1m\n  threshold: 1\n", body.join("\n").replace("    ", "    "))
+                format!("- id: r{i}\n  match:\n{}\n  window: 1m\n  threshold: 1\n", body.join("\n"))
             })
             .collect();
-        let yaml = yaml.replace("\n    ", "\n    ");
         let rules = match load_rules("p.yaml", &yaml) {
             Ok(r) => r,
             Err(_) => return Ok(()), // the same path twice in one mapping: not a rule
