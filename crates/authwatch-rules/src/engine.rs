@@ -117,7 +117,7 @@ impl Key {
 
 /// Shares the text of low-cardinality fields (verbs, API servers, clusters, users) between
 /// the events that carry them, up to a bound, past which text is simply not shared.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Interner {
     set: std::collections::HashSet<Arc<str>>,
 }
@@ -382,6 +382,87 @@ impl RuleState {
     }
 }
 
+/// The stateless half of the engine: which rules an event matches and the keys it counts
+/// toward. Cheap to clone (the rules are shared); one per thread.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    rules: Arc<Vec<Rule>>,
+    cluster: Option<Arc<str>>,
+    interner: Interner,
+}
+
+/// One event as a [`Matcher`] saw it, ready for [`Engine::accept`].
+#[derive(Debug)]
+pub struct Prepared {
+    time: Option<Micros>,
+    info: Option<Arc<HitInfo>>,
+    hits: SmallVec<[PreparedHit; 1]>,
+    missing_group_key: u64,
+}
+
+#[derive(Debug)]
+struct PreparedHit {
+    rule: usize,
+    keys: SmallVec<[Key; 1]>,
+    distinct: Option<Values>,
+}
+
+impl Matcher {
+    /// Matches one event against every rule.
+    pub fn prepare(&mut self, view: &EventView<'_, '_>) -> Prepared {
+        let mut p = Prepared {
+            time: view.time,
+            info: None,
+            hits: SmallVec::new(),
+            missing_group_key: 0,
+        };
+        if view.time.is_none() {
+            return p;
+        }
+        let facts = EventFacts::new(view);
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.matches(&facts) {
+                continue;
+            }
+            let keys = group_keys(rule, &facts);
+            if keys.is_empty() {
+                p.missing_group_key += 1;
+                continue;
+            }
+            let distinct = match &rule.kind {
+                RuleKind::Distinct { field, .. } => {
+                    let mut values: Vec<Box<str>> = facts
+                        .values(field)
+                        .iter()
+                        .map(|v| v.to_key().into())
+                        .collect();
+                    if values.is_empty() {
+                        p.missing_group_key += 1;
+                        continue;
+                    }
+                    values.sort_unstable();
+                    values.dedup();
+                    Some(Values::from(values))
+                }
+                _ => None,
+            };
+            if p.info.is_none() {
+                p.info = Some(Arc::new(hit_info(
+                    view,
+                    self.cluster.as_ref(),
+                    &mut self.interner,
+                )));
+            }
+            p.hits.push(PreparedHit {
+                rule: i,
+                keys,
+                distinct,
+            });
+        }
+        p
+    }
+}
+
 /// The detection engine (see the module docs).
 ///
 /// ```
@@ -402,7 +483,8 @@ impl RuleState {
 /// ```
 #[derive(Debug)]
 pub struct Engine {
-    rules: Vec<Rule>,
+    rules: Arc<Vec<Rule>>,
+    matcher: Matcher,
     states: Vec<RuleState>,
     pending: BinaryHeap<Reverse<Pending>>,
     seq: u64,
@@ -413,7 +495,6 @@ pub struct Engine {
     clock: Option<Micros>,
     config: EngineConfig,
     cluster: Option<Arc<str>>,
-    interner: Interner,
     stats: EngineStats,
 }
 
@@ -424,16 +505,22 @@ impl Engine {
             alerts_by_rule: rules.iter().map(|r| (r.id.clone(), 0)).collect(),
             ..Default::default()
         };
+        let rules = Arc::new(rules);
+        let cluster: Option<Arc<str>> = config.cluster.as_deref().map(Arc::from);
         Engine {
             states: rules.iter().map(|_| RuleState::default()).collect(),
+            matcher: Matcher {
+                rules: rules.clone(),
+                cluster: cluster.clone(),
+                interner: Interner::default(),
+            },
             rules,
             pending: BinaryHeap::new(),
             seq: 0,
             max_seen: None,
             watermark: None,
             clock: None,
-            cluster: config.cluster.as_deref().map(Arc::from),
-            interner: Interner::default(),
+            cluster,
             config,
             stats,
         }
@@ -456,8 +543,25 @@ impl Engine {
 
     /// Takes one event; appends any alerts it (or the watermark it moves) fires to `out`.
     pub fn observe(&mut self, view: &EventView<'_, '_>, out: &mut Vec<Alert>) {
+        let prepared = self.matcher.prepare(view);
+        self.accept(prepared, out);
+    }
+
+    /// A [`Matcher`] for these rules, to prepare events on other threads; their
+    /// [`Prepared`] results go to [`Engine::accept`] in input order.
+    pub fn matcher(&self) -> Matcher {
+        Matcher {
+            rules: self.rules.clone(),
+            cluster: self.cluster.clone(),
+            interner: Interner::default(),
+        }
+    }
+
+    /// Takes one event prepared by a [`Matcher`] (the stateful half of [`Engine::observe`]).
+    pub fn accept(&mut self, prepared: Prepared, out: &mut Vec<Alert>) {
         self.stats.events += 1;
-        let Some(t) = view.time else {
+        self.stats.missing_group_key += prepared.missing_group_key;
+        let Some(t) = prepared.time else {
             self.stats.no_timestamp += 1;
             return;
         };
@@ -465,52 +569,20 @@ impl Engine {
         if late {
             self.stats.late_events += 1;
         }
-        let facts = EventFacts::new(view);
-        let mut info: Option<Arc<HitInfo>> = None;
-        for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.matches(&facts) {
-                continue;
-            }
-            let keys = group_keys(rule, &facts);
-            if keys.is_empty() {
-                self.stats.missing_group_key += 1;
-                continue;
-            }
-            let distinct = match &rule.kind {
-                RuleKind::Distinct { field, .. } => {
-                    let mut values: Vec<Box<str>> = facts
-                        .values(field)
-                        .iter()
-                        .map(|v| v.to_key().into())
-                        .collect();
-                    if values.is_empty() {
-                        self.stats.missing_group_key += 1;
-                        continue;
-                    }
-                    values.sort_unstable();
-                    values.dedup();
-                    Some(Values::from(values))
-                }
-                _ => None,
-            };
-            let info = info
-                .get_or_insert_with(|| {
-                    Arc::new(hit_info(view, self.cluster.as_ref(), &mut self.interner))
-                })
-                .clone();
-            self.seq += 1;
-            self.pending.push(Reverse(Pending {
-                time: t,
-                seq: self.seq,
-                rule: i,
-                keys,
-                info,
-                distinct,
-                late,
-            }));
-        }
-        if info.is_some() {
+        if let Some(info) = prepared.info {
             self.stats.matched += 1;
+            for hit in prepared.hits {
+                self.seq += 1;
+                self.pending.push(Reverse(Pending {
+                    time: t,
+                    seq: self.seq,
+                    rule: hit.rule,
+                    keys: hit.keys,
+                    info: info.clone(),
+                    distinct: hit.distinct,
+                    late,
+                }));
+            }
         }
         if self.max_seen.is_none_or(|m| t > m) {
             self.max_seen = Some(t);

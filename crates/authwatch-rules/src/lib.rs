@@ -24,7 +24,7 @@ pub mod rule;
 pub mod testing;
 
 pub use alert::{Alert, Group};
-pub use engine::{Engine, EngineConfig, EngineStats, CARDINALITY_RULE};
+pub use engine::{Engine, EngineConfig, EngineStats, Matcher, Prepared, CARDINALITY_RULE};
 pub use prefilter::Prefilter;
 pub use rule::{check_unique_ids, load_rules, Rule, RuleError, RuleKind, Severity};
 pub use testing::{run_tests, CaseOutcome, RuleTest};

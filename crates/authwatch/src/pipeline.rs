@@ -7,7 +7,7 @@ use std::io;
 use authwatch_event::event::check_structure;
 use authwatch_event::framing::FramingError;
 use authwatch_event::{visit_events, RawRecord};
-use authwatch_rules::{Alert, Engine, EngineStats, Prefilter};
+use authwatch_rules::{Alert, Engine, EngineStats, Matcher, Prefilter, Prepared};
 use serde::Serialize;
 
 use crate::input::Location;
@@ -48,18 +48,98 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn parse_error(&mut self, reason: &'static str, detail: String, loc: &Location<'_>) {
+    fn parse_error(&mut self, reason: &'static str, detail: String, location: String) {
         self.parse_errors += 1;
         *self.parse_errors_by_reason.entry(reason).or_default() += 1;
         if self.parse_error_samples.len() < MAX_ERROR_SAMPLES {
             let mut detail = detail;
             truncate_chars(&mut detail, 200);
             self.parse_error_samples.push(ErrorSample {
-                location: loc.to_string(),
+                location,
                 reason,
                 detail,
             });
         }
+    }
+}
+
+/// What the stateless stage ([`Worker`]) makes of one record; [`Pipeline::accept`] takes
+/// these in input order.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A record was read (framing errors are not records).
+    Record,
+    /// A decoded event, matched against the rules.
+    Event(Prepared),
+    /// An event the prefilter ruled out (structure-checked, not decoded).
+    Prefiltered,
+    /// A record or event that could not be used.
+    Error {
+        /// Short reason.
+        reason: &'static str,
+        /// What the decoder said.
+        detail: String,
+        /// Where it is.
+        location: String,
+    },
+}
+
+/// The stateless stage: prefilter, decode, match. Cloned once per thread; the order of its
+/// outcomes is restored before they reach the engine.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    prefilter: Option<Prefilter>,
+    matcher: Matcher,
+}
+
+impl Worker {
+    /// Turns one record (or the framing error in its place) into outcomes.
+    pub fn process(
+        &mut self,
+        record: Result<RawRecord<'_>, FramingError>,
+        loc: &Location<'_>,
+        out: &mut Vec<Outcome>,
+    ) {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                return out.push(Outcome::Error {
+                    reason: e.reason(),
+                    detail: e.to_string(),
+                    location: loc.to_string(),
+                })
+            }
+        };
+        out.push(Outcome::Record);
+        if let Some(p) = &self.prefilter {
+            if !p.may_match(record.message) {
+                out.push(match check_structure(record.message) {
+                    Ok(()) => Outcome::Prefiltered,
+                    Err(e) => Outcome::Error {
+                        reason: e.reason(),
+                        detail: e.to_string(),
+                        location: loc.to_string(),
+                    },
+                });
+                return;
+            }
+        }
+        let matcher = &mut self.matcher;
+        visit_events(&record, &mut |ev| {
+            out.push(match ev {
+                Ok(view) if view.time.is_none() => Outcome::Error {
+                    reason: "no_timestamp",
+                    detail: "event has no usable time".into(),
+                    location: loc.to_string(),
+                },
+                Ok(view) => Outcome::Event(matcher.prepare(&view)),
+                Err(e) => Outcome::Error {
+                    reason: e.reason(),
+                    detail: e.to_string(),
+                    location: loc.to_string(),
+                },
+            })
+        });
     }
 }
 
@@ -73,7 +153,8 @@ fn truncate_chars(s: &mut String, max: usize) {
 /// Decodes records, feeds the engine, and delivers the alerts.
 pub struct Pipeline<'s> {
     engine: Engine,
-    prefilter: Option<Prefilter>,
+    worker: Worker,
+    outcomes: Vec<Outcome>,
     sinks: Vec<&'s mut dyn AlertSink>,
     alerts: Vec<Alert>,
     counters: Counters,
@@ -87,7 +168,11 @@ impl<'s> Pipeline<'s> {
             .then(|| Prefilter::new(engine.rules()))
             .filter(|p| !p.passes_everything());
         Pipeline {
-            prefilter,
+            worker: Worker {
+                prefilter,
+                matcher: engine.matcher(),
+            },
+            outcomes: Vec::new(),
             engine,
             sinks,
             alerts: Vec::new(),
@@ -101,37 +186,38 @@ impl<'s> Pipeline<'s> {
         record: Result<RawRecord<'_>, FramingError>,
         loc: Location<'_>,
     ) -> io::Result<()> {
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                self.counters.parse_error(e.reason(), e.to_string(), &loc);
-                return Ok(());
-            }
-        };
-        self.counters.records += 1;
-        if let Some(p) = &self.prefilter {
-            if !p.may_match(record.message) {
-                match check_structure(record.message) {
-                    Ok(()) => {
-                        self.counters.events_parsed += 1;
-                        self.counters.prefiltered += 1;
-                    }
-                    Err(e) => self.counters.parse_error(e.reason(), e.to_string(), &loc),
+        let mut outcomes = std::mem::take(&mut self.outcomes);
+        self.worker.process(record, &loc, &mut outcomes);
+        let result = self.accept(outcomes.drain(..));
+        self.outcomes = outcomes;
+        result
+    }
+
+    /// A copy of the stateless stage, for another thread.
+    pub fn worker(&self) -> Worker {
+        self.worker.clone()
+    }
+
+    /// Takes outcomes of [`Worker::process`], in input order. Errors are sink failures.
+    pub fn accept(&mut self, outcomes: impl IntoIterator<Item = Outcome>) -> io::Result<()> {
+        for o in outcomes {
+            match o {
+                Outcome::Record => self.counters.records += 1,
+                Outcome::Prefiltered => {
+                    self.counters.events_parsed += 1;
+                    self.counters.prefiltered += 1;
                 }
-                return Ok(());
+                Outcome::Event(p) => {
+                    self.counters.events_parsed += 1;
+                    self.engine.accept(p, &mut self.alerts);
+                }
+                Outcome::Error {
+                    reason,
+                    detail,
+                    location,
+                } => self.counters.parse_error(reason, detail, location),
             }
         }
-        let (engine, counters, alerts) = (&mut self.engine, &mut self.counters, &mut self.alerts);
-        visit_events(&record, &mut |ev| match ev {
-            Ok(view) if view.time.is_none() => {
-                counters.parse_error("no_timestamp", "event has no usable time".into(), &loc)
-            }
-            Ok(view) => {
-                counters.events_parsed += 1;
-                engine.observe(&view, alerts);
-            }
-            Err(e) => counters.parse_error(e.reason(), e.to_string(), &loc),
-        });
         self.deliver()
     }
 
