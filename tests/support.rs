@@ -45,16 +45,16 @@ pub fn rules(rel: &str) -> Vec<Rule> {
     load_rules(&path.display().to_string(), &text).expect("valid rules")
 }
 
-/// Replays `inputs` with `rules`; returns the alerts and the summary. Runs twice, with and
-/// without the prefilter, and checks that both agree.
+/// Replays `inputs` with `rules`; returns the alerts and the summary. Runs three times: with
+/// and without the prefilter, and on several threads, and checks that all agree.
 pub fn run(
     inputs: &[PathBuf],
     format: FormatChoice,
     rules: Vec<Rule>,
     cluster: Option<&str>,
 ) -> (Vec<Alert>, Summary) {
-    let with = run_with(inputs, format, rules.clone(), cluster, true);
-    let without = run_with(inputs, format, rules, cluster, false);
+    let with = run_with(inputs, format, rules.clone(), cluster, true, 1);
+    let without = run_with(inputs, format, rules.clone(), cluster, false, 1);
     // The prefilter only saves work: alerts and counts are the same without it.
     assert_eq!(
         lines(&with.0),
@@ -67,16 +67,44 @@ pub fn run(
         with.1.parse_errors_by_reason,
         without.1.parse_errors_by_reason
     );
+    // Neither do threads: the engine sees the same events in the same order.
+    let parallel = run_with(inputs, format, rules, cluster, true, 3);
+    assert_eq!(
+        lines(&with.0),
+        lines(&parallel.0),
+        "threads changed the alerts"
+    );
+    let (a, b) = (&with.1, &parallel.1);
+    assert_eq!(
+        (
+            a.records,
+            a.events_parsed,
+            a.events_matched,
+            a.duplicates,
+            a.late_events,
+            a.parse_errors
+        ),
+        (
+            b.records,
+            b.events_parsed,
+            b.events_matched,
+            b.duplicates,
+            b.late_events,
+            b.parse_errors
+        )
+    );
+    assert_eq!(a.parse_error_samples, b.parse_error_samples);
     with
 }
 
-/// Replays with the prefilter on or off.
+/// Replays with the prefilter on or off, on `threads` decoding threads.
 pub fn run_with(
     inputs: &[PathBuf],
     format: FormatChoice,
     rules: Vec<Rule>,
     cluster: Option<&str>,
     prefilter: bool,
+    threads: usize,
 ) -> (Vec<Alert>, Summary) {
     let mut sink = Collect::default();
     let opts = ReplayOptions {
@@ -86,6 +114,7 @@ pub fn run_with(
         cluster: cluster.map(str::to_owned),
         progress: false,
         prefilter,
+        threads,
     };
     let summary = replay(&opts, rules, vec![&mut sink]).expect("replay succeeds");
     (sink.0, summary)

@@ -448,7 +448,7 @@ fn write_cw_export(opts: &GenOptions, out: &Path) -> io::Result<()> {
         let f = std::fs::File::create(dir.join(format!("{part:06}.gz")))?;
         Ok(flate2::write::GzEncoder::new(
             f,
-            flate2::Compression::new(6),
+            flate2::Compression::fast(),
         ))
     };
     generate(opts, &mut |e| {

@@ -85,6 +85,9 @@ struct ReplayArgs {
     /// then counted, not only malformed structure).
     #[arg(long)]
     no_prefilter: bool,
+    /// Threads that decode and match (default: one per core; 1 = everything on one thread).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Files, directories (CloudWatch S3 export trees), or `-` for standard input.
     #[arg(required = true, value_name = "PATH")]
     inputs: Vec<PathBuf>,
@@ -260,6 +263,7 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
         cluster: args.cluster,
         progress: !args.no_progress && !args.quiet,
         prefilter: !args.no_prefilter,
+        threads: threads_or_cores(args.threads),
     };
     let sinks: Vec<&mut dyn AlertSink> = vec![&mut sink];
     match replay(&opts, rules, sinks) {
@@ -283,6 +287,13 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
             ExitCode::from(replay_exit(&e))
         }
     }
+}
+
+fn threads_or_cores(n: usize) -> usize {
+    if n > 0 {
+        return n;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn replay_exit(e: &ReplayError) -> u8 {
@@ -326,6 +337,7 @@ fn run_demo() -> ExitCode {
         cluster: Some("demo".into()),
         progress: false,
         prefilter: true,
+        threads: 1,
     };
     match replay(&opts, rules, vec![&mut sink]) {
         Ok(summary) => {

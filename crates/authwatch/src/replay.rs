@@ -9,8 +9,14 @@ use std::time::Instant;
 use authwatch_event::Micros;
 use authwatch_rules::{Engine, EngineConfig, Rule, RuleError};
 
-use crate::input::{plan, FormatChoice, InputError, Plan};
-use crate::pipeline::Pipeline;
+use std::collections::BTreeMap;
+use std::sync::{mpsc, Mutex};
+
+use authwatch_event::framing::FramingError;
+use authwatch_event::RawRecord;
+
+use crate::input::{plan, FormatChoice, InputError, Location, Plan};
+use crate::pipeline::{Outcome, Pipeline};
 use crate::sinks::AlertSink;
 use crate::summary::Summary;
 
@@ -29,6 +35,9 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// Skip decoding records no rule can match (see [`Pipeline::new`]).
     pub prefilter: bool,
+    /// Threads that decode and match (the reader and the engine have one each besides);
+    /// 1 runs everything on the calling thread.
+    pub threads: usize,
 }
 
 /// Why a replay failed; [`ReplayError::exit_code`] maps it to the process status.
@@ -85,25 +94,32 @@ fn run_plan(
     let bytes = Arc::new(AtomicU64::new(0));
     let bar =
         (opts.progress && std::io::stderr().is_terminal()).then(|| progress_bar(plan.total_bytes));
-    let mut n = 0u64;
-    let mut sink_error = None;
-    let result = plan.run(&bytes, &mut |record, loc| {
-        n += 1;
-        if n.is_multiple_of(8192) {
-            if let Some(bar) = &bar {
-                bar.set_position(bytes.load(Ordering::Relaxed));
-                let secs = started.elapsed().as_secs_f64().max(1e-3);
-                bar.set_message(format!("{:.0} events/s", n as f64 / secs));
-            }
+    let show_progress = |records: u64| {
+        if let Some(bar) = &bar {
+            bar.set_position(bytes.load(Ordering::Relaxed));
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            bar.set_message(format!("{:.0} events/s", records as f64 / secs));
         }
-        pipeline.on_record(record, loc).inspect_err(|e| {
-            sink_error = Some(std::io::Error::new(e.kind(), e.to_string()));
-        })
-    });
-    if let Some(e) = sink_error {
-        return Err(ReplayError::Output(e));
+    };
+    if opts.threads > 1 {
+        run_parallel(plan, &bytes, &mut pipeline, opts.threads, &show_progress)?;
+    } else {
+        let mut n = 0u64;
+        let mut sink_error = None;
+        let result = plan.run(&bytes, &mut |record, loc| {
+            n += 1;
+            if n.is_multiple_of(8192) {
+                show_progress(n);
+            }
+            pipeline.on_record(record, loc).inspect_err(|e| {
+                sink_error = Some(std::io::Error::new(e.kind(), e.to_string()));
+            })
+        });
+        if let Some(e) = sink_error {
+            return Err(ReplayError::Output(e));
+        }
+        result?;
     }
-    result?;
     pipeline.finish().map_err(ReplayError::Output)?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -132,4 +148,165 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+/// One record of a [`Batch`]: where its bytes are and what the source knew about it.
+struct RecordMeta {
+    start: usize,
+    end: usize,
+    stream: Option<Arc<str>>,
+    log_group: Option<Arc<str>>,
+    cw_timestamp: Option<authwatch_event::Micros>,
+    name: Arc<str>,
+    index: u64,
+    is_line: bool,
+    error: Option<FramingError>,
+}
+
+/// Records copied out of the reader's buffers, to be decoded on a worker thread.
+struct Batch {
+    seq: u64,
+    bytes: Vec<u8>,
+    records: Vec<RecordMeta>,
+}
+
+/// A batch is handed to the workers at about this size.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Reuses the last `Arc<str>` when the text is the same (stream and file names repeat).
+fn shared(cache: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
+    match cache {
+        Some(a) if &**a == text => a.clone(),
+        _ => {
+            let a: Arc<str> = Arc::from(text);
+            *cache = Some(a.clone());
+            a
+        }
+    }
+}
+
+/// Reads on one thread, decodes and matches on `workers` threads, and feeds the engine on
+/// this one in input order (batches carry sequence numbers; out-of-order results wait).
+fn run_parallel(
+    plan: &Plan,
+    progress: &Arc<AtomicU64>,
+    pipeline: &mut Pipeline<'_>,
+    workers: usize,
+    show_progress: &dyn Fn(u64),
+) -> Result<(), ReplayError> {
+    let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(workers * 2);
+    let batch_rx = Arc::new(Mutex::new(batch_rx));
+    let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Vec<Outcome>)>(workers * 2);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            let rx = batch_rx.clone();
+            let tx = done_tx.clone();
+            let mut worker = pipeline.worker();
+            s.spawn(move || loop {
+                let next = match rx.lock() {
+                    Ok(guard) => guard.recv(),
+                    Err(_) => break,
+                };
+                let Ok(batch) = next else { break };
+                let mut out = Vec::with_capacity(batch.records.len() * 2);
+                for m in &batch.records {
+                    let loc = Location {
+                        name: &m.name,
+                        index: m.index,
+                        is_line: m.is_line,
+                    };
+                    let record = match &m.error {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(RawRecord {
+                            message: &batch.bytes[m.start..m.end],
+                            stream: m.stream.as_deref(),
+                            log_group: m.log_group.as_deref(),
+                            cw_timestamp: m.cw_timestamp,
+                            event_id: None,
+                        }),
+                    };
+                    worker.process(record, &loc, &mut out);
+                }
+                if tx.send((batch.seq, out)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(done_tx);
+        drop(batch_rx);
+        let reader = s.spawn(move || {
+            let new_batch = |seq| Batch {
+                seq,
+                bytes: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
+                records: Vec::with_capacity(4096),
+            };
+            let mut batch = new_batch(0);
+            let (mut names, mut streams, mut groups) = (None, None, None);
+            let result = plan.run(progress, &mut |record, loc| {
+                let name = shared(&mut names, loc.name);
+                let mut meta = RecordMeta {
+                    start: batch.bytes.len(),
+                    end: batch.bytes.len(),
+                    stream: None,
+                    log_group: None,
+                    cw_timestamp: None,
+                    name,
+                    index: loc.index,
+                    is_line: loc.is_line,
+                    error: None,
+                };
+                match record {
+                    Ok(r) => {
+                        batch.bytes.extend_from_slice(r.message);
+                        meta.end = batch.bytes.len();
+                        meta.stream = r.stream.map(|t| shared(&mut streams, t));
+                        meta.log_group = r.log_group.map(|t| shared(&mut groups, t));
+                        meta.cw_timestamp = r.cw_timestamp;
+                    }
+                    Err(e) => meta.error = Some(e),
+                }
+                batch.records.push(meta);
+                if batch.bytes.len() >= BATCH_BYTES || batch.records.len() >= 16_384 {
+                    let next = new_batch(batch.seq + 1);
+                    batch_tx
+                        .send(std::mem::replace(&mut batch, next))
+                        .map_err(|_| std::io::Error::other("the pipeline stopped"))?;
+                }
+                Ok(())
+            });
+            if !batch.records.is_empty() {
+                let _ = batch_tx.send(batch);
+            }
+            result
+        });
+        let mut next = 0u64;
+        let mut held = BTreeMap::new();
+        let mut records = 0u64;
+        let mut sink_error = None;
+        for (seq, outcomes) in done_rx.iter() {
+            held.insert(seq, outcomes);
+            while let Some(outcomes) = held.remove(&next) {
+                records += outcomes.len() as u64;
+                if let Err(e) = pipeline.accept(outcomes) {
+                    sink_error = Some(e);
+                    break;
+                }
+                next += 1;
+            }
+            if sink_error.is_some() {
+                break;
+            }
+            show_progress(records);
+        }
+        // Stops the workers, then the reader, if the sinks failed.
+        drop(done_rx);
+        let read = reader.join().map_err(|_| {
+            ReplayError::Output(std::io::Error::other("the reader thread panicked"))
+        })?;
+        if let Some(e) = sink_error {
+            return Err(ReplayError::Output(e));
+        }
+        read?;
+        Ok(())
+    })
 }
