@@ -7,7 +7,9 @@
 //!   reading secrets (fires `denied-by-source-ip` and `denied-by-user`);
 //! - a 401 spray from 50 rotating addresses in 203.0.113.0/24 against one API server
 //!   (no address or user reaches a threshold; fires `denied-by-host`);
-//! - a low-and-slow prober that stays under every threshold (must not fire).
+//! - a low-and-slow prober: one service account denied listing secrets every two minutes,
+//!   under every address, user and host threshold; only `secret-access-denied-for-service-account`
+//!   (5 in 10 minutes) catches it, once the run is longer than ten minutes.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
