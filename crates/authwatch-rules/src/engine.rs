@@ -783,6 +783,13 @@ fn group_keys(rule: &Rule, facts: &EventFacts<'_, '_, '_>) -> SmallVec<[Key; 1]>
     keys.into_iter().map(|k| Key::new(&k)).collect()
 }
 
+/// What a firing kind adds to the alert.
+enum KindExtra {
+    None,
+    Distinct(u64),
+    Spike { base: u64, ratio: Option<f64> },
+}
+
 /// Whether the key's window ending at `end` fires, and the alert if so.
 fn evaluate(
     rule: &Rule,
@@ -793,76 +800,59 @@ fn evaluate(
     first_time: Option<Micros>,
 ) -> Option<Alert> {
     let (first, n) = ks.window(end, rule.window);
-    let mut alert = match &rule.kind {
-        RuleKind::Threshold => {
-            if (n as u64) < rule.threshold {
-                return None;
-            }
-            build_alert(
-                rule,
-                key,
-                ks.entries.range(first..first + n),
-                end,
-                n as u64,
-                sample_size,
-            )
-        }
+    let count = n as u64;
+    // Decide first: building an alert walks the window, and most evaluations do not fire.
+    let extra = match &rule.kind {
+        RuleKind::Threshold => (count >= rule.threshold).then_some(KindExtra::None),
         RuleKind::Distinct { .. } => {
             let covers_all = first == 0 && first + n == ks.entries.len();
             let distinct: u64 = match ks.kind.as_deref() {
                 Some(KindState::Distinct(counts)) if covers_all => counts.len() as u64,
                 _ => ks.distinct_in(first, n).len() as u64,
             };
-            if distinct < rule.threshold {
+            (distinct >= rule.threshold).then_some(KindExtra::Distinct(distinct))
+        }
+        RuleKind::Spike { baseline, ratio } => {
+            let lo = end - rule.window - baseline;
+            let hi = end - rule.window;
+            // Without a whole baseline observed, a busy start would look like a rise.
+            if count < rule.threshold || first_time.is_none_or(|f| f > lo) {
                 return None;
             }
-            let mut a = build_alert(
-                rule,
-                key,
-                ks.entries.range(first..first + n),
-                end,
-                n as u64,
-                sample_size,
-            );
-            a.distinct_count = Some(distinct);
-            a.distinct_sample = Some(
+            let base = ks.baseline(lo, hi, bucket_width(*baseline));
+            // Rates, so a 1-hour baseline compares with a 5-minute window.
+            let expected = base as f64 * rule.window as f64 / *baseline as f64;
+            ((n as f64) >= ratio * expected).then(|| KindExtra::Spike {
+                base,
+                ratio: (expected > 0.0).then(|| n as f64 / expected),
+            })
+        }
+    }?;
+    let mut alert = build_alert(
+        rule,
+        key,
+        ks.entries.range(first..first + n),
+        end,
+        count,
+        sample_size,
+    );
+    match extra {
+        KindExtra::None => {}
+        KindExtra::Distinct(distinct) => {
+            alert.distinct_count = Some(distinct);
+            alert.distinct_sample = Some(
                 ks.distinct_in(first, n)
                     .into_iter()
                     .take(LIST_CAP)
                     .map(str::to_owned)
                     .collect(),
             );
-            a
         }
-        RuleKind::Spike { baseline, ratio } => {
-            if (n as u64) < rule.threshold {
-                return None;
-            }
-            let lo = end - rule.window - baseline;
-            let hi = end - rule.window;
-            // Without a whole baseline observed, a busy start would look like a rise.
-            if first_time.is_none_or(|f| f > lo) {
-                return None;
-            }
-            let base = ks.baseline(lo, hi, bucket_width(*baseline));
-            // Rates, so a 1-hour baseline compares with a 5-minute window.
-            let expected = base as f64 * rule.window as f64 / *baseline as f64;
-            if (n as f64) < ratio * expected {
-                return None;
-            }
-            let mut a = build_alert(
-                rule,
-                key,
-                ks.entries.range(first..first + n),
-                end,
-                n as u64,
-                sample_size,
-            );
-            a.baseline_count = Some(base);
-            a.ratio = (expected > 0.0).then(|| n as f64 / expected);
-            a
+        KindExtra::Spike { base, ratio } => {
+            alert.baseline_count = Some(base);
+            alert.ratio = ratio;
         }
-    };
+    }
     alert.kind = rule.kind.as_str();
     Some(alert)
 }
