@@ -300,6 +300,12 @@ pub fn check_structure(raw: &[u8]) -> Result<(), DecodeError> {
     if std::str::from_utf8(b).is_err() {
         return Err(DecodeError::Json("invalid UTF-8".into()));
     }
+    // Raw control characters are invalid anywhere in JSON but as whitespace between tokens.
+    if b.iter()
+        .any(|&c| c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r'))
+    {
+        return Err(DecodeError::Json("control character in JSON".into()));
+    }
     let truncated = || DecodeError::Json("truncated or malformed JSON".into());
     let mut depth: u32 = 0;
     let mut has_event_key = false;
@@ -356,6 +362,7 @@ pub fn check_structure(raw: &[u8]) -> Result<(), DecodeError> {
                 }
                 continue;
             }
+            // No recursion here, so no depth limit is needed (a line is at most 16 MiB).
             b'{' | b'[' => depth += 1,
             b'}' | b']' => {
                 depth = depth.checked_sub(1).ok_or_else(truncated)?;

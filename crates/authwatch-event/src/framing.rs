@@ -90,6 +90,9 @@ pub enum FramingError {
     /// A gzip stream that does not decompress, or is larger than [`MAX_PAYLOAD_BYTES`].
     #[error("bad gzip payload: {0}")]
     Gzip(String),
+    /// A record longer than the reader accepts (it was skipped without being kept in memory).
+    #[error("record of {0} bytes is longer than the limit")]
+    TooLong(usize),
 }
 
 impl FramingError {
@@ -100,6 +103,7 @@ impl FramingError {
             FramingError::BadDocument { .. } => "bad_document",
             FramingError::Base64(_) => "bad_base64",
             FramingError::Gzip(_) => "bad_gzip",
+            FramingError::TooLong(_) => "record_too_long",
         }
     }
 }

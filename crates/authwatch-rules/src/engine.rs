@@ -61,6 +61,8 @@ pub struct EngineStats {
     pub matched: u64,
     /// Rule matches not counted because the event lacked a `group_by` field.
     pub missing_group_key: u64,
+    /// Rule matches whose fan-out (e.g. a `sourceIPs` list) was cut to [`MAX_FANOUT`] keys.
+    pub fanout_capped: u64,
     /// Rule matches not counted because their auditID was already counted for the rule.
     pub duplicates: u64,
     /// Events that arrived behind the watermark (newest time − lateness bound).
@@ -398,6 +400,7 @@ pub struct Prepared {
     info: Option<Arc<HitInfo>>,
     hits: SmallVec<[PreparedHit; 1]>,
     missing_group_key: u64,
+    fanout_capped: u64,
 }
 
 #[derive(Debug)]
@@ -415,6 +418,7 @@ impl Matcher {
             info: None,
             hits: SmallVec::new(),
             missing_group_key: 0,
+            fanout_capped: 0,
         };
         if view.time.is_none() {
             return p;
@@ -424,7 +428,9 @@ impl Matcher {
             if !rule.matches(&facts) {
                 continue;
             }
-            let keys = group_keys(rule, &facts);
+            let mut capped = false;
+            let keys = group_keys(rule, &facts, &mut capped);
+            p.fanout_capped += u64::from(capped);
             if keys.is_empty() {
                 p.missing_group_key += 1;
                 continue;
@@ -439,6 +445,10 @@ impl Matcher {
                     if values.is_empty() {
                         p.missing_group_key += 1;
                         continue;
+                    }
+                    if values.len() > MAX_FANOUT {
+                        values.truncate(MAX_FANOUT);
+                        p.fanout_capped += 1;
                     }
                     values.sort_unstable();
                     values.dedup();
@@ -561,6 +571,7 @@ impl Engine {
     pub fn accept(&mut self, prepared: Prepared, out: &mut Vec<Alert>) {
         self.stats.events += 1;
         self.stats.missing_group_key += prepared.missing_group_key;
+        self.stats.fanout_capped += prepared.fanout_capped;
         let Some(t) = prepared.time else {
             self.stats.no_timestamp += 1;
             return;
@@ -759,16 +770,40 @@ fn hit_info(
     }
 }
 
+/// Most keys one event counts toward (sourceIPs fan-out); beyond it the event is counted for
+/// the first entries and the last, and `fanout_capped` says so.
+pub const MAX_FANOUT: usize = 16;
+
 /// The keys an event counts toward: one value per `group_by` field, fanning out over lists
 /// (`sourceIPs`). No key if any field is absent.
-fn group_keys(rule: &Rule, facts: &EventFacts<'_, '_, '_>) -> SmallVec<[Key; 1]> {
+fn group_keys(
+    rule: &Rule,
+    facts: &EventFacts<'_, '_, '_>,
+    capped: &mut bool,
+) -> SmallVec<[Key; 1]> {
     let mut keys: SmallVec<[Vec<Box<str>>; 1]> = smallvec::smallvec![Vec::new()];
     for g in &rule.group_by {
-        let mut values: Vec<String> = facts.values(&g.field).iter().map(|v| v.to_key()).collect();
+        let all = facts.values(&g.field);
+        let mut values: Vec<String> = if all.len() > MAX_FANOUT {
+            // A list this long is forged (X-Forwarded-For is client-controlled): keep the
+            // first entries and the last, the peer address the API server saw.
+            *capped = true;
+            all[..MAX_FANOUT - 1]
+                .iter()
+                .chain(all.last())
+                .map(|v| v.to_key())
+                .collect()
+        } else {
+            all.iter().map(|v| v.to_key()).collect()
+        };
         values.sort_unstable();
         values.dedup();
         if values.is_empty() {
             return SmallVec::new();
+        }
+        if keys.len() * values.len() > MAX_FANOUT {
+            *capped = true;
+            values.truncate((MAX_FANOUT / keys.len()).max(1));
         }
         let mut next = SmallVec::with_capacity(keys.len() * values.len());
         for k in &keys {

@@ -18,6 +18,43 @@ use std::sync::Arc;
 use authwatch_event::framing::{self, detect, is_gzip, Format, FramingError, Origin};
 use authwatch_event::{Micros, RawRecord};
 
+/// Longest record (line) read. A longer one is consumed without being kept in memory and
+/// counted as `record_too_long`: a hostile 100 MB line costs time, not memory. (CloudWatch
+/// events are at most 256 KB; audit events with the largest request objects a few MB.)
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
+
+/// Reads one line (with its newline) into `buf`, which is cleared first. Returns the line's
+/// length, 0 at the end of input. A line longer than `max` is read to its end but not kept:
+/// `buf` is then empty and the length returned is above `max`.
+pub fn read_line_bounded(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.clear();
+    let mut total = 0;
+    loop {
+        let available = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(total);
+        }
+        let (n, done) = match memchr::memchr(b'\n', available) {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if total + n <= max {
+            buf.extend_from_slice(&available[..n]);
+        } else {
+            buf.clear();
+        }
+        total += n;
+        r.consume(n);
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
 /// How many leading bytes are looked at to recognize a framing.
 const PEEK: usize = 64 * 1024;
 
@@ -303,8 +340,8 @@ fn read_framed(
         let mut buf = Vec::with_capacity(16 * 1024);
         let mut line_no = 0u64;
         loop {
-            buf.clear();
-            if reader.read_until(b'\n', &mut buf)? == 0 {
+            let len = read_line_bounded(reader.as_mut(), &mut buf, MAX_RECORD_BYTES)?;
+            if len == 0 {
                 return Ok(());
             }
             line_no += 1;
@@ -313,6 +350,10 @@ fn read_framed(
                 index: line_no,
                 is_line: true,
             };
+            if len > MAX_RECORD_BYTES {
+                sink(Err(FramingError::TooLong(len)), loc)?;
+                continue;
+            }
             let mut result = Ok(());
             framing::records_in_line(format, &buf, origin, &mut |r| {
                 if result.is_ok() {
@@ -351,6 +392,8 @@ struct StreamCursor<'s> {
     file_name: String,
     line_no: u64,
     buf: Vec<u8>,
+    /// The current line was longer than [`MAX_RECORD_BYTES`] (its length).
+    too_long: Option<usize>,
     time: Micros,
 }
 
@@ -374,18 +417,18 @@ impl StreamCursor<'_> {
             let Some(reader) = self.reader.as_mut() else {
                 continue;
             };
-            self.buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|e| InputError {
+            let n = read_line_bounded(reader.as_mut(), &mut self.buf, MAX_RECORD_BYTES).map_err(
+                |e| InputError {
                     path: self.file_name.clone(),
                     error: e,
-                })?;
+                },
+            )?;
             if n == 0 {
                 self.reader = None;
                 continue;
             }
             self.line_no += 1;
+            self.too_long = (n > MAX_RECORD_BYTES).then_some(n);
             // A line without a time keeps its stream's place (its error is reported later).
             if let Some(t) = framing::cw_export_time(&self.buf) {
                 self.time = t;
@@ -410,6 +453,7 @@ fn merge_streams(
             file_name: String::new(),
             line_no: 0,
             buf: Vec::with_capacity(16 * 1024),
+            too_long: None,
             time: Micros::MIN,
         };
         if c.advance(progress)? {
@@ -429,11 +473,15 @@ fn merge_streams(
             is_line: true,
         };
         let mut result = Ok(());
-        framing::records_in_line(Format::CwExport, &c.buf, origin, &mut |r| {
-            if result.is_ok() {
-                result = sink(r, loc);
-            }
-        });
+        if let Some(len) = c.too_long {
+            result = sink(Err(FramingError::TooLong(len)), loc);
+        } else {
+            framing::records_in_line(Format::CwExport, &c.buf, origin, &mut |r| {
+                if result.is_ok() {
+                    result = sink(r, loc);
+                }
+            });
+        }
         result.map_err(|e| InputError {
             path: c.file_name.clone(),
             error: e,

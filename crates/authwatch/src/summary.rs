@@ -31,6 +31,8 @@ pub struct Summary {
     pub late_dropped: u64,
     /// Rule matches not counted because a group_by field was absent.
     pub missing_group_key: u64,
+    /// Rule matches whose fan-out over a list (sourceIPs) was cut to 16 keys.
+    pub fanout_capped: u64,
     /// Records or events that could not be used, with reasons and samples.
     pub parse_errors: u64,
     /// By reason.
@@ -79,6 +81,7 @@ impl Summary {
             late_events: e.late_events,
             late_dropped: e.late_dropped,
             missing_group_key: e.missing_group_key,
+            fanout_capped: e.fanout_capped,
             parse_errors: c.parse_errors,
             parse_errors_by_reason: c.parse_errors_by_reason.clone(),
             parse_error_samples: c.parse_error_samples.clone(),
@@ -119,6 +122,13 @@ impl Summary {
                 s,
                 "not counted for lack of a group_by field: {}",
                 self.missing_group_key
+            );
+        }
+        if self.fanout_capped > 0 {
+            let _ = writeln!(
+                s,
+                "matches whose sourceIPs fan-out was cut to 16 keys (forged lists?): {}",
+                self.fanout_capped
             );
         }
         if self.parse_errors > 0 {
