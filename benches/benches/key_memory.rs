@@ -2,7 +2,8 @@
 //! all inside one 5-minute window (an address spray), through the bundled
 //! `denied-by-source-ip` rule. Prints RSS before and after, and bytes per active key.
 //!
-//! Run: `cargo bench -p authwatch-benches --bench key_memory` (`-- 200000` for fewer keys).
+//! Run: `cargo bench -p authwatch-benches --bench key_memory` (`-- 200000` for fewer keys,
+//! `-- all` for the whole bundled set: a 401 spray then lands in two address rules).
 
 use authwatch_event::time::{format_millis, parse_timestamp};
 use authwatch_event::{visit_events, RawRecord};
@@ -25,11 +26,20 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let all = std::env::args().any(|a| a == "all");
     let rules: Vec<_> = authwatch::rule_files::load(&[])
         .expect("bundled rules")
         .into_iter()
-        .filter(|r| r.id == "denied-by-source-ip")
+        .filter(|r| all || r.id == "denied-by-source-ip")
         .collect();
+    println!(
+        "rules: {}",
+        rules
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let start = parse_timestamp("2026-11-20T10:00:00Z").unwrap_or_default();
     // No reorder buffer: RSS growth is then the keys' own state (plus the auditID
     // de-duplication memory of the same events), not events waiting to be ordered.

@@ -339,12 +339,55 @@ fn bucket_width(baseline: Micros) -> Micros {
     (baseline / 60).max(1)
 }
 
+/// The auditIDs counted, with the rules that counted each (one bit per rule), to ignore later
+/// copies (detection.md: "one request counts once per rule"). One map for all rules: an
+/// address spray that several rules count costs one entry per request, not one per rule.
+#[derive(Debug, Default)]
+struct SeenIds {
+    /// id → (time first counted, bits of the first 64 rules that counted it).
+    map: HashMap<Arc<str>, (Micros, u64)>,
+    /// Rules past the 64th (rare), one entry per (id, rule).
+    more: HashMap<(Arc<str>, usize), Micros>,
+    /// The ids in the order counted, to forget them once no window can need them.
+    order: VecDeque<(Micros, Arc<str>)>,
+    last_sweep: Option<Micros>,
+}
+
+impl SeenIds {
+    /// Records that `rule` counted `id` (at `time`); false if it already had.
+    fn first_for(&mut self, id: &Arc<str>, rule: usize, time: Micros) -> bool {
+        let entry = self.map.entry(id.clone()).or_insert_with(|| {
+            self.order.push_back((time, id.clone()));
+            (time, 0)
+        });
+        if rule < 64 {
+            let bit = 1u64 << rule;
+            let fresh = entry.1 & bit == 0;
+            entry.1 |= bit;
+            return fresh;
+        }
+        self.more.insert((id.clone(), rule), time).is_none()
+    }
+
+    /// Forgets ids counted at or before `before`.
+    fn forget(&mut self, before: Micros) {
+        while let Some((t, id)) = self.order.front() {
+            if *t > before {
+                break;
+            }
+            if self.map.get(id).is_some_and(|(first, _)| first == t) {
+                self.map.remove(id);
+            }
+            self.order.pop_front();
+        }
+        if !self.more.is_empty() {
+            self.more.retain(|_, t| *t > before);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct RuleState {
-    /// auditIDs counted for this rule, with their event time, to ignore later copies.
-    seen: HashMap<Arc<str>, Micros>,
-    /// The same ids in the order counted, to forget them once no window can need them.
-    seen_order: VecDeque<(Micros, Arc<str>)>,
     keys: HashMap<Key, KeyState>,
     /// (touch, key) for every time a key was counted, oldest first; entries whose touch is
     /// no longer the key's are stale and skipped. Compacted when it grows past twice the keys.
@@ -496,6 +539,7 @@ pub struct Engine {
     rules: Arc<Vec<Rule>>,
     matcher: Matcher,
     states: Vec<RuleState>,
+    seen: SeenIds,
     pending: BinaryHeap<Reverse<Pending>>,
     seq: u64,
     max_seen: Option<Micros>,
@@ -519,6 +563,7 @@ impl Engine {
         let cluster: Option<Arc<str>> = config.cluster.as_deref().map(Arc::from);
         Engine {
             states: rules.iter().map(|_| RuleState::default()).collect(),
+            seen: SeenIds::default(),
             matcher: Matcher {
                 rules: rules.clone(),
                 cluster: cluster.clone(),
@@ -636,12 +681,10 @@ impl Engine {
             return;
         }
         if let Some(id) = &p.info.audit_id {
-            if state.seen.contains_key(id) {
+            if !self.seen.first_for(id, p.rule, p.time) {
                 self.stats.duplicates += 1;
                 return;
             }
-            state.seen.insert(id.clone(), p.time);
-            state.seen_order.push_back((p.time, id.clone()));
         }
         // Entries whose window has emptied can go (a late match may then count low: never high).
         let horizon = now.saturating_sub(rule.window);
@@ -721,23 +764,22 @@ impl Engine {
     /// every eighth of its window of event time, so a key outlives its last event by at most
     /// 1⅛ windows.
     fn sweep(&mut self, now: Micros) {
+        let max_window = self.rules.iter().map(|r| r.window).max().unwrap_or(0);
+        if self
+            .seen
+            .last_sweep
+            .is_none_or(|s| now - s >= (max_window / 8).max(1_000_000))
+        {
+            self.seen.last_sweep = Some(now);
+            // A copy of an older id would be late with every window closed: dropped anyway.
+            self.seen.forget(now.saturating_sub(max_window));
+        }
         for (rule, state) in self.rules.iter().zip(&mut self.states) {
             let period = (rule.window / 8).max(1_000_000);
             if state.last_sweep.is_some_and(|s| now - s < period) {
                 continue;
             }
             state.last_sweep = Some(now);
-            // A copy of an older id would be late with its windows closed: dropped anyway.
-            let forget_before = now.saturating_sub(rule.window);
-            while let Some((t, id)) = state.seen_order.front() {
-                if *t > forget_before {
-                    break;
-                }
-                if state.seen.get(id) == Some(t) {
-                    state.seen.remove(id);
-                }
-                state.seen_order.pop_front();
-            }
             let horizon = now.saturating_sub(rule.window);
             state.keys.retain(|_, ks| {
                 ks.prune(horizon, &rule.kind);

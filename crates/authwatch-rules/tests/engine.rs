@@ -612,3 +612,22 @@ impl Ev {
         self
     }
 }
+
+#[test]
+fn audit_ids_are_remembered_per_rule_past_sixty_four_rules() {
+    let yaml: String = (0..70)
+        .map(|i| format!("- {{id: r{i}, match: {{responseStatus.code: 403}}, group_by: [sourceIPs], window: 1m, threshold: 1}}\n"))
+        .collect();
+    let events = vec![
+        ev("a", 0, "ip", 403),
+        ev("a", 1, "ip", 403),
+        ev("b", 2, "ip", 403),
+    ];
+    let (alerts, stats) = run_with(&yaml, &events, 120 * SEC);
+    assert_eq!(stats.duplicates, 70, "the second copy of a, once per rule");
+    assert_eq!(
+        alerts.len(),
+        70,
+        "threshold 1, cooldown = window: a fires each rule once"
+    );
+}
