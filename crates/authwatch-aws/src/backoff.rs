@@ -53,8 +53,13 @@ where
         }
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("");
-            let status = Some(se.raw().status().as_u16());
-            classify_code(code, status, text)
+            let status = se.raw().status().as_u16();
+            // Request ids and raw bodies would make every report different; keep the gist.
+            let short = format!(
+                "HTTP {status} {code}: {}",
+                se.err().message().unwrap_or("(no message)")
+            );
+            classify_code(code, Some(status), short)
         }
         _ => ErrorClass::Transient(text),
     }

@@ -378,7 +378,10 @@ where
                     class: err,
                 });
             }
-            if last_reported.as_ref() != Some(&err) {
+            let same_kind = last_reported
+                .as_ref()
+                .is_some_and(|l| std::mem::discriminant(l) == std::mem::discriminant(&err));
+            if !same_kind {
                 eprintln!(
                     "authwatch: {operation} on {log_group}: {}; retrying every {}s",
                     explain(operation, log_group, &err),
