@@ -220,16 +220,18 @@ pub fn start_run(
         .arg(state_dir)
         .arg("--output")
         .arg(output)
-        .args([
-            "--poll-interval",
-            "1s",
-            "--rediscover-interval",
-            "2s",
-            "--api-rate",
-            "20",
-            "--max-lateness",
-            "0s",
-        ])
+        .args(
+            [
+                ("--poll-interval", "1s"),
+                ("--rediscover-interval", "2s"),
+                ("--api-rate", "20"),
+                ("--max-lateness", "0s"),
+            ]
+            .iter()
+            // `extra` overrides a default.
+            .filter(|(flag, _)| !extra.contains(flag))
+            .flat_map(|(flag, value)| [*flag, *value]),
+        )
         .args(extra)
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_REGION", "us-east-1")
