@@ -46,7 +46,10 @@ pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> ErrorClass
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let text = format!("{}", aws_sdk_cloudwatchlogs::error::DisplayErrorContext(err));
+    let text = format!(
+        "{}",
+        aws_sdk_cloudwatchlogs::error::DisplayErrorContext(err)
+    );
     match err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             ErrorClass::Transient(text)

@@ -221,14 +221,8 @@ mod tests {
         let text = fs::read_to_string(store.path()).unwrap();
         let edited = text.replace("1700000000000", "1700000000001");
         fs::write(store.path(), edited).unwrap();
-        assert!(matches!(
-            store.load(),
-            Err(CheckpointError::Corrupt { .. })
-        ));
+        assert!(matches!(store.load(), Err(CheckpointError::Corrupt { .. })));
         fs::write(store.path(), &text[..text.len() / 2]).unwrap();
-        assert!(matches!(
-            store.load(),
-            Err(CheckpointError::Corrupt { .. })
-        ));
+        assert!(matches!(store.load(), Err(CheckpointError::Corrupt { .. })));
     }
 }

@@ -176,7 +176,10 @@ impl LogGroupReader {
             .unwrap_or(self.position_ms - self.config.lookback_ms)
             .max(0);
         let end = until_ms
-            .min(self.position_ms.saturating_add(self.config.max_pass_span_ms))
+            .min(
+                self.position_ms
+                    .saturating_add(self.config.max_pass_span_ms),
+            )
             .max(self.position_ms);
         let mut events = Vec::new();
         let streams = self.streams.clone();

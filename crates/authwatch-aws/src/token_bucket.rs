@@ -26,7 +26,11 @@ struct BucketState {
 impl TokenBucket {
     /// A bucket that starts full. `rate` must be positive; `burst` is at least one token.
     pub fn new(rate: f64, burst: f64) -> TokenBucket {
-        let rate = if rate.is_finite() && rate > 0.0 { rate } else { 1.0 };
+        let rate = if rate.is_finite() && rate > 0.0 {
+            rate
+        } else {
+            1.0
+        };
         let burst = burst.max(1.0);
         TokenBucket {
             rate,

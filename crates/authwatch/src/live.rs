@@ -308,9 +308,7 @@ async fn run_async(
                 .map(|p| p.position_ms)
                 .min()
                 .unwrap_or(pass.position_ms);
-            checkpoint.sent_alerts = ledger
-                .borrow_mut()
-                .prune_and_snapshot(oldest - horizon_ms);
+            checkpoint.sent_alerts = ledger.borrow_mut().prune_and_snapshot(oldest - horizon_ms);
             store.save(&checkpoint)?;
             ledger.borrow_mut().clear_journal()?;
         }

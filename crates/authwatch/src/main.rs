@@ -94,7 +94,11 @@ struct ReplayArgs {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Log group to follow, e.g. /aws/eks/prod/cluster (repeatable).
-    #[arg(long = "log-group", value_name = "GROUP", required_unless_present = "cluster")]
+    #[arg(
+        long = "log-group",
+        value_name = "GROUP",
+        required_unless_present = "cluster"
+    )]
     log_group: Vec<String>,
     /// EKS cluster name: follows /aws/eks/<NAME>/cluster (repeatable).
     #[arg(long = "cluster", value_name = "NAME")]

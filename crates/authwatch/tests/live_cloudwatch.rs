@@ -67,7 +67,11 @@ fn steady_flow_alerts_once_per_attack_and_ignores_non_audit_streams() {
     );
     // A second attack while running, with current timestamps.
     let t1 = now_ms();
-    emu.put(&g, S2, &attack("steady-b", 22, t1, 50, "198.51.100.20", "trudy"));
+    emu.put(
+        &g,
+        S2,
+        &attack("steady-b", 22, t1, 50, "198.51.100.20", "trudy"),
+    );
     emu.put(&g, S1, &noise.events(10, t1 + 100, 100));
     assert!(
         wait_until(Duration::from_secs(30), || alerts(&out).len() >= 4),
@@ -79,11 +83,37 @@ fn steady_flow_alerts_once_per_attack_and_ignores_non_audit_streams() {
     let got = alerts(&out);
     unique_ids(&got);
     assert_eq!(got.len(), 4, "{got:#?}");
-    assert_fired_at(&got, "denied-by-source-ip", "sourceIPs", "203.0.113.10", a[19].0);
-    assert_fired_at(&got, "denied-by-user", "k8s_user.username", "mallory", a[19].0);
-    assert_fired_at(&got, "denied-by-source-ip", "sourceIPs", "198.51.100.20", t1 + 19 * 50);
-    assert_fired_at(&got, "denied-by-user", "k8s_user.username", "trudy", t1 + 19 * 50);
-    let cluster = g.trim_start_matches("/aws/eks/").trim_end_matches("/cluster");
+    assert_fired_at(
+        &got,
+        "denied-by-source-ip",
+        "sourceIPs",
+        "203.0.113.10",
+        a[19].0,
+    );
+    assert_fired_at(
+        &got,
+        "denied-by-user",
+        "k8s_user.username",
+        "mallory",
+        a[19].0,
+    );
+    assert_fired_at(
+        &got,
+        "denied-by-source-ip",
+        "sourceIPs",
+        "198.51.100.20",
+        t1 + 19 * 50,
+    );
+    assert_fired_at(
+        &got,
+        "denied-by-user",
+        "k8s_user.username",
+        "trudy",
+        t1 + 19 * 50,
+    );
+    let cluster = g
+        .trim_start_matches("/aws/eks/")
+        .trim_end_matches("/cluster");
     assert!(got.iter().all(|a| a["cluster"] == cluster));
 }
 
@@ -96,7 +126,14 @@ fn events_delivered_minutes_late_are_counted_in_their_window() {
     let out = dir.path().join("alerts.jsonl");
     let now = now_ms();
     // 15 denials 3 minutes ago, then newer traffic: the reader's position moves past them.
-    let early = attack("late-a", 15, now - 180_000, 100, "203.0.113.77", "late-user");
+    let early = attack(
+        "late-a",
+        15,
+        now - 180_000,
+        100,
+        "203.0.113.77",
+        "late-user",
+    );
     emu.put(&g, S1, &early);
     let mut noise = Noise::load();
     emu.put(&g, S1, &noise.events(5, now - 1_000, 100));
@@ -117,7 +154,10 @@ fn events_delivered_minutes_late_are_counted_in_their_window() {
     let late: Vec<(i64, String)> = (0..10)
         .map(|i| {
             let t = now - 120_000 + i * 100;
-            (t, denied(&format!("late-b-{i}"), t, "203.0.113.77", "late-user"))
+            (
+                t,
+                denied(&format!("late-b-{i}"), t, "203.0.113.77", "late-user"),
+            )
         })
         .collect();
     emu.put(&g, S2, &late);
@@ -132,7 +172,13 @@ fn events_delivered_minutes_late_are_counted_in_their_window() {
     unique_ids(&got);
     assert_eq!(got.len(), 2, "{got:#?}");
     // 15 early + the 5th late one = 20.
-    assert_fired_at(&got, "denied-by-source-ip", "sourceIPs", "203.0.113.77", late[4].0);
+    assert_fired_at(
+        &got,
+        "denied-by-source-ip",
+        "sourceIPs",
+        "203.0.113.77",
+        late[4].0,
+    );
 }
 
 #[test]
@@ -160,8 +206,16 @@ fn a_stream_that_appears_mid_run_is_discovered_and_read() {
     let got = alerts(&out);
     unique_ids(&got);
     assert_eq!(got.len(), 2, "{got:#?}");
-    assert_fired_at(&got, "denied-by-source-ip", "sourceIPs", "203.0.113.200", a[19].0);
-    assert!(got.iter().all(|x| x["hosts"] == serde_json::json!([new_stream])));
+    assert_fired_at(
+        &got,
+        "denied-by-source-ip",
+        "sourceIPs",
+        "203.0.113.200",
+        a[19].0,
+    );
+    assert!(got
+        .iter()
+        .all(|x| x["hosts"] == serde_json::json!([new_stream])));
     assert!(run.stderr_text().contains("new audit stream"));
 }
 
@@ -171,11 +225,21 @@ fn a_stream_that_appears_mid_run_is_discovered_and_read() {
 /// alerts, none twice.
 fn crash_and_restart(ep: &str, seed: u64) {
     let emu = Emu::new(ep);
-    let streams = [S1, S2, "kube-apiserver-audit-aaaabbbbccccddddeeeeffff00001111"];
+    let streams = [
+        S1,
+        S2,
+        "kube-apiserver-audit-aaaabbbbccccddddeeeeffff00001111",
+    ];
     let g = group_with_streams(&emu, &format!("crash{seed}"), &streams);
     let dir = tempfile::tempdir().unwrap();
-    let (ref_out, vic_out) = (dir.path().join("ref.jsonl"), dir.path().join("victim.jsonl"));
-    let (ref_state, vic_state) = (dir.path().join("ref-state"), dir.path().join("victim-state"));
+    let (ref_out, vic_out) = (
+        dir.path().join("ref.jsonl"),
+        dir.path().join("victim.jsonl"),
+    );
+    let (ref_state, vic_state) = (
+        dir.path().join("ref-state"),
+        dir.path().join("victim-state"),
+    );
     // A lateness bound lets both processes order each round the same way whatever pass
     // boundaries they met; the noise ticks move the watermark on.
     let extra = ["--max-lateness", "2s"];
@@ -286,8 +350,20 @@ fn throttling_server_errors_and_dropped_connections_lose_nothing() {
     let got = alerts(&out);
     unique_ids(&got);
     assert_eq!(got.len(), 4, "{got:#?}");
-    assert_fired_at(&got, "denied-by-source-ip", "sourceIPs", "203.0.113.50", a[19].0);
-    assert_fired_at(&got, "denied-by-source-ip", "sourceIPs", "198.51.100.99", b[19].0);
+    assert_fired_at(
+        &got,
+        "denied-by-source-ip",
+        "sourceIPs",
+        "203.0.113.50",
+        a[19].0,
+    );
+    assert_fired_at(
+        &got,
+        "denied-by-source-ip",
+        "sourceIPs",
+        "198.51.100.99",
+        b[19].0,
+    );
     let faults = stats.throttled.load(Ordering::Relaxed)
         + stats.server_errors.load(Ordering::Relaxed)
         + stats.resets.load(Ordering::Relaxed);
@@ -296,4 +372,136 @@ fn throttling_server_errors_and_dropped_connections_lose_nothing() {
     eprintln!("fault proxy: {stats:?}");
     assert!(forwarded > 0);
     let _: HashSet<String> = unique_ids(&got);
+}
+
+#[test]
+fn a_missing_log_group_is_reported_and_retried_until_it_exists() {
+    let Some(ep) = emulator() else { return };
+    let emu = Emu::new(&ep);
+    let g = unique_group("missing");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.jsonl");
+    let mut run = start_run(
+        &ep,
+        &g,
+        &dir.path().join("state"),
+        &out,
+        &["--slow-retry", "1s"],
+    );
+    assert!(wait_until(Duration::from_secs(15), || run
+        .stderr_text()
+        .contains(&format!("log group {g} does not exist"))));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(run.child.try_wait().unwrap().is_none(), "must keep running");
+    // Reported once, not on every retry.
+    let said = format!("log group {g} does not exist");
+    assert_eq!(run.stderr_text().matches(&said).count(), 1);
+    emu.create_group(&g);
+    emu.create_stream(&g, S1);
+    let a = attack("missing", 20, now_ms(), 10, "203.0.113.9", "late-starter");
+    emu.put(&g, S1, &a);
+    assert!(
+        wait_until(Duration::from_secs(30), || alerts(&out).len() >= 2),
+        "stderr:\n{}",
+        run.stderr_text()
+    );
+    assert!(run.stderr_text().contains("working again"));
+    assert_fired_at(
+        &alerts(&out),
+        "denied-by-source-ip",
+        "sourceIPs",
+        "203.0.113.9",
+        a[19].0,
+    );
+}
+
+#[test]
+fn a_corrupt_checkpoint_stops_the_run_unless_rebuild_is_asked_for() {
+    let Some(ep) = emulator() else { return };
+    let emu = Emu::new(&ep);
+    let g = group_with_streams(&emu, "corrupt", &[S1]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("checkpoint.json"),
+        "{\"version\":1,\"checksum\":\"00\",\"sta",
+    )
+    .unwrap();
+    let out = dir.path().join("alerts.jsonl");
+    let mut run = start_run(&ep, &g, &state, &out, &[]);
+    let status = run.child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "stderr:\n{}", run.stderr_text());
+    let err = run.stderr_text();
+    assert!(err.contains("checkpoint.json is corrupt"), "{err}");
+    assert!(err.contains("--on-corrupt-state rebuild"), "{err}");
+
+    let a = attack(
+        "corrupt",
+        20,
+        now_ms() - 30_000,
+        10,
+        "203.0.113.33",
+        "rebuilt",
+    );
+    emu.put(&g, S1, &a);
+    let run = start_run(&ep, &g, &state, &out, &["--on-corrupt-state", "rebuild"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || alerts(&out).len() >= 2),
+        "stderr:\n{}",
+        run.stderr_text()
+    );
+    assert!(run.stderr_text().contains("rebuilding from the look-back"));
+    let aside = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().contains("corrupt-"));
+    assert!(aside, "the corrupt file is kept for inspection");
+}
+
+#[test]
+fn replay_of_a_closed_range_reads_it_and_ends() {
+    let Some(ep) = emulator() else { return };
+    let emu = Emu::new(&ep);
+    let g = group_with_streams(&emu, "range", &[S1, S2]);
+    let t0 = now_ms() - 600_000;
+    let a = attack("range-in", 21, t0, 1_000, "203.0.113.61", "in-range");
+    let b = attack(
+        "range-out",
+        21,
+        t0 + 400_000,
+        1_000,
+        "203.0.113.62",
+        "out-of-range",
+    );
+    emu.put(&g, S1, &a);
+    emu.put(&g, S2, &b);
+    let mut noise = Noise::load();
+    emu.put(&g, S2, &noise.events(100, t0, 1_000));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_authwatch"))
+        .args(["replay", "--log-group", &g, "--start"])
+        .arg(rfc3339_ms(t0 - 1_000))
+        .arg("--end")
+        .arg(rfc3339_ms(t0 + 300_000))
+        .env("AWS_ENDPOINT_URL", &ep)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let got: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_fired_at(
+        &got,
+        "denied-by-source-ip",
+        "sourceIPs",
+        "203.0.113.61",
+        a[19].0,
+    );
+    assert!(err.contains("121 records"), "{err}");
 }

@@ -139,7 +139,14 @@ pub fn denied(audit_id: &str, ms: i64, ip: &str, user: &str) -> String {
 }
 
 /// `n` denied events `step` ms apart from `start`, as (timestamp, message).
-pub fn attack(tag: &str, n: usize, start: i64, step: i64, ip: &str, user: &str) -> Vec<(i64, String)> {
+pub fn attack(
+    tag: &str,
+    n: usize,
+    start: i64,
+    step: i64,
+    ip: &str,
+    user: &str,
+) -> Vec<(i64, String)> {
     (0..n)
         .map(|i| {
             let t = start + i as i64 * step;
@@ -162,7 +169,11 @@ impl Noise {
         for f in ["falco_k8s_audit.jsonl", "audit2rbac_demo.jsonl"] {
             let text = std::fs::read_to_string(root.join(f))
                 .unwrap_or_else(|e| panic!("reading ../shared/corpus/{f}: {e}"));
-            lines.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned));
+            lines.extend(
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_owned),
+            );
         }
         assert!(lines.len() > 80, "corpus too small");
         Noise { lines, next: 0 }
@@ -191,7 +202,9 @@ impl Noise {
     }
 
     pub fn events(&mut self, n: usize, start: i64, step: i64) -> Vec<(i64, String)> {
-        (0..n).map(|i| self.event(start + i as i64 * step)).collect()
+        (0..n)
+            .map(|i| self.event(start + i as i64 * step))
+            .collect()
     }
 }
 
@@ -279,7 +292,12 @@ pub fn alerts(path: &Path) -> Vec<Value> {
 pub fn keys(alerts: &[Value]) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = alerts
         .iter()
-        .map(|a| (a["rule"].as_str().unwrap().to_owned(), a["group"].to_string()))
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap().to_owned(),
+                a["group"].to_string(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -361,7 +379,15 @@ pub fn start_fault_proxy(
             let roll = rng.below(100);
             let st = st.clone();
             std::thread::spawn(move || {
-                let _ = proxy_one(conn, upstream, roll, throttle_pct, error_pct, reset_pct, &st);
+                let _ = proxy_one(
+                    conn,
+                    upstream,
+                    roll,
+                    throttle_pct,
+                    error_pct,
+                    reset_pct,
+                    &st,
+                );
             });
         }
     });
