@@ -361,7 +361,8 @@ pub fn replay_range(
                 opts.start_ms,
                 opts.start_ms,
             );
-            while reader.position_ms() < opts.end_ms {
+            // At least one pass, so that `--start T --end T` reads the events at T.
+            loop {
                 let pass = reader.pass(opts.end_ms).await?;
                 for ev in &pass.events {
                     index += 1;
@@ -380,6 +381,9 @@ pub fn replay_range(
                             is_line: false,
                         },
                     )?;
+                }
+                if reader.position_ms() >= opts.end_ms {
+                    break;
                 }
             }
         }
