@@ -36,6 +36,8 @@ enum Command {
     Demo,
     /// Write a synthetic EKS audit data set with planted attacks.
     Generate(GenerateArgs),
+    /// Follow EKS audit logs in CloudWatch Logs and alert as they arrive (runs until killed).
+    Run(RunArgs),
     /// Check rule files, or run their tests.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -89,8 +91,75 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Files, directories (CloudWatch S3 export trees), or `-` for standard input.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "log_group", value_name = "PATH")]
     inputs: Vec<PathBuf>,
+    /// Read this CloudWatch Logs group over [--start, --end] instead of files (repeatable).
+    #[arg(long = "log-group", value_name = "GROUP", conflicts_with = "inputs", requires_all = ["start", "end"])]
+    log_group: Vec<String>,
+    /// Start of the CloudWatch range (RFC 3339), with --log-group.
+    #[arg(long, value_name = "TIME", requires = "log_group")]
+    start: Option<String>,
+    /// End of the CloudWatch range (RFC 3339), with --log-group.
+    #[arg(long, value_name = "TIME", requires = "log_group")]
+    end: Option<String>,
+    /// AWS region for --log-group (default: the SDK's chain, e.g. AWS_REGION).
+    #[arg(long, requires = "log_group")]
+    region: Option<String>,
+    /// CloudWatch Logs calls per second for --log-group.
+    #[arg(long, default_value_t = 2.0, requires = "log_group")]
+    api_rate: f64,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Log group to follow, e.g. /aws/eks/prod/cluster (repeatable).
+    #[arg(
+        long = "log-group",
+        value_name = "GROUP",
+        required_unless_present = "cluster"
+    )]
+    log_group: Vec<String>,
+    /// EKS cluster name: follows /aws/eks/<NAME>/cluster (repeatable).
+    #[arg(long = "cluster", value_name = "NAME")]
+    cluster: Vec<String>,
+    /// AWS region (default: the SDK's chain: AWS_REGION, profile, instance metadata).
+    #[arg(long)]
+    region: Option<String>,
+    /// Rule files or directories of *.yaml (repeatable; default: the bundled rules).
+    #[arg(long = "rules", value_name = "PATH")]
+    rules: Vec<PathBuf>,
+    /// Append alert lines to FILE instead of writing them to stdout.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// How far behind the newest position each poll re-reads, for late deliveries.
+    #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
+    lookback: i64,
+    /// Where the position and the delivered alert ids are kept.
+    #[arg(long, default_value = "./authwatch-state")]
+    state_dir: PathBuf,
+    /// Without a saved position: `now`, an RFC 3339 time, or `-<duration>` (default: now minus
+    /// the longest rule window).
+    #[arg(long, value_name = "WHEN", value_parser = parse_start_at)]
+    start_at: Option<authwatch::live::StartAt>,
+    /// What to do when the saved state is corrupt.
+    #[arg(long, value_enum, default_value = "fail")]
+    on_corrupt_state: authwatch::live::CorruptStatePolicy,
+    /// CloudWatch Logs API calls per second, all log groups together.
+    #[arg(long, default_value_t = 2.0)]
+    api_rate: f64,
+    /// Time between polls once caught up.
+    #[arg(long, default_value = "2s", value_parser = parse_duration_arg)]
+    poll_interval: i64,
+    /// How often audit streams are listed again.
+    #[arg(long, default_value = "1m", value_parser = parse_duration_arg)]
+    rediscover_interval: i64,
+    /// How late (in event time) an event may arrive and still be counted in order; a match is
+    /// held back this long before it can fire (late events are still counted in open windows).
+    #[arg(long, default_value = "5s", value_parser = parse_duration_arg)]
+    max_lateness: i64,
+    /// Wait between retries after an authorization or missing-log-group error.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    slow_retry: i64,
 }
 
 #[derive(clap::Args)]
@@ -131,11 +200,21 @@ fn parse_duration_arg(s: &str) -> Result<i64, String> {
     parse_duration(s).ok_or_else(|| format!("`{s}` is not a duration like 30s, 2m, 1h"))
 }
 
+fn parse_start_at(s: &str) -> Result<authwatch::live::StartAt, String> {
+    authwatch::live::StartAt::parse(s)
+        .ok_or_else(|| format!("`{s}` is not `now`, an RFC 3339 time, or `-<duration>`"))
+}
+
+fn micros_to_duration(us: i64) -> std::time::Duration {
+    std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Replay(args) => run_replay(args),
         Command::Demo => run_demo(),
+        Command::Run(args) => run_live(args),
         Command::Generate(args) => exit_on(run_generate(args)),
         Command::Rules(RulesCommand::Check { paths }) => rules_check(&paths),
         Command::Rules(RulesCommand::Test { paths }) => rules_test(&paths),
@@ -232,6 +311,98 @@ fn exit_on(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+fn open_alert_sink(output: Option<PathBuf>) -> Result<JsonLinesSink, ExitCode> {
+    let target = output.map_or(JsonLinesTarget::Stdout, JsonLinesTarget::File);
+    JsonLinesSink::open(&target).map_err(|e| {
+        eprintln!("authwatch: opening {target:?}: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn run_live(args: RunArgs) -> ExitCode {
+    let rules = match rule_files::load(&args.rules) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("authwatch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut sink = match open_alert_sink(args.output) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut log_groups = args.log_group;
+    log_groups.extend(args.cluster.iter().map(|c| format!("/aws/eks/{c}/cluster")));
+    let opts = authwatch::live::RunOptions {
+        log_groups,
+        region: args.region,
+        lookback_ms: args.lookback / 1000,
+        state_dir: args.state_dir,
+        start_at: args.start_at,
+        on_corrupt: args.on_corrupt_state,
+        api_rate: args.api_rate,
+        poll_interval: micros_to_duration(args.poll_interval),
+        rediscover_every: micros_to_duration(args.rediscover_interval),
+        max_lateness: args.max_lateness,
+        slow_retry: micros_to_duration(args.slow_retry),
+    };
+    match authwatch::live::run(&opts, rules, &mut sink) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("authwatch: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn replay_log_groups(args: ReplayArgs, rules: Vec<authwatch_rules::Rule>) -> ExitCode {
+    let parse = |name: &str, v: &Option<String>| {
+        v.as_deref()
+            .and_then(parse_timestamp)
+            .map(|us| us.div_euclid(1000))
+            .ok_or_else(|| format!("--{name} must be an RFC 3339 time"))
+    };
+    let (start_ms, end_ms) = match (parse("start", &args.start), parse("end", &args.end)) {
+        (Ok(s), Ok(e)) if s <= e => (s, e),
+        (Ok(_), Ok(_)) => {
+            eprintln!("authwatch: --start is after --end");
+            return ExitCode::from(2);
+        }
+        (Err(m), _) | (_, Err(m)) => {
+            eprintln!("authwatch: {m}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut sink = match open_alert_sink(args.output) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let opts = authwatch::live::RangeOptions {
+        log_groups: args.log_group,
+        region: args.region,
+        start_ms,
+        end_ms,
+        api_rate: args.api_rate,
+        max_lateness: args.max_lateness,
+        cluster: args.cluster,
+    };
+    match authwatch::live::replay_range(&opts, rules, &mut sink) {
+        Ok(c) => {
+            if !args.quiet {
+                eprintln!(
+                    "authwatch: {} records, {} events, {} parse errors, {} alerts",
+                    c.records, c.events_parsed, c.parse_errors, c.alerts
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("authwatch: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 fn run_replay(args: ReplayArgs) -> ExitCode {
     let rules = match rule_files::load(&args.rules) {
         Ok(r) => r,
@@ -244,6 +415,9 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
         for w in r.warnings() {
             eprintln!("authwatch: warning: {}: rule `{}`: {w}", r.source, r.id);
         }
+    }
+    if !args.log_group.is_empty() {
+        return replay_log_groups(args, rules);
     }
     let target = args
         .output

@@ -6,6 +6,7 @@ use std::io;
 use authwatch_rules::Alert;
 
 pub mod json_lines;
+pub mod ledger;
 
 pub use json_lines::JsonLinesSink;
 

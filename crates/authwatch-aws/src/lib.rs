@@ -1,0 +1,16 @@
+//! CloudWatch Logs for authwatch: the live source ([`LogGroupReader`]), the shared API budget
+//! ([`TokenBucket`]), retries ([`backoff`]), and the durable position ([`CheckpointStore`]).
+//!
+//! The reader yields CloudWatch events; turning them into `RawRecord`s, detection and alert
+//! delivery stay with the caller, so a source never knows about sinks.
+
+pub mod backoff;
+pub mod checkpoint;
+pub mod client;
+pub mod reader;
+pub mod token_bucket;
+
+pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, GroupPosition, SentAlert};
+pub use client::{build_client, ClientConfig};
+pub use reader::{LogEvent, LogGroupReader, Pass, ReaderConfig, RetryPolicy};
+pub use token_bucket::TokenBucket;

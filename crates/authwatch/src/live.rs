@@ -1,0 +1,395 @@
+//! `authwatch run`: follow EKS audit log groups in CloudWatch Logs, and
+//! `authwatch replay --log-group`: the same reader over a closed time range.
+//!
+//! Per pass and log group: read new events ([`LogGroupReader::pass`]), feed them through the
+//! shared [`Pipeline`] (decode → engine → sinks), then checkpoint the position and the
+//! delivered alert ids. A restart re-reads from the checkpointed position minus the rebuild
+//! horizon (the longest `window + cooldown` plus the look-back) so that windows and cooldowns
+//! are rebuilt, and the [`SentLedger`] drops the alerts that were already delivered.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use authwatch_aws::reader::ReadError;
+use authwatch_aws::{
+    build_client, Checkpoint, CheckpointError, CheckpointStore, ClientConfig, GroupPosition,
+    LogGroupReader, ReaderConfig, RetryPolicy, TokenBucket,
+};
+use authwatch_event::time::format_millis;
+use authwatch_event::{Micros, RawRecord};
+use authwatch_rules::{Engine, EngineConfig, Rule};
+
+use crate::input::Location;
+use crate::pipeline::Pipeline;
+use crate::sinks::ledger::{LedgerSink, SentLedger};
+use crate::sinks::AlertSink;
+
+/// The EKS audit stream prefix (the API log streams share `kube-apiserver-`).
+pub const AUDIT_STREAM_PREFIX: &str = "kube-apiserver-audit-";
+
+/// Where a run without a checkpoint starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// Now.
+    Now,
+    /// A fixed time, ms since epoch.
+    At(i64),
+    /// This long before now, ms.
+    Ago(i64),
+}
+
+impl StartAt {
+    /// Parses `now`, `-<duration>` or an RFC 3339 time.
+    pub fn parse(s: &str) -> Option<StartAt> {
+        if s == "now" {
+            return Some(StartAt::Now);
+        }
+        if let Some(d) = s.strip_prefix('-') {
+            return authwatch_rules::rule::parse_duration(d).map(|us| StartAt::Ago(us / 1000));
+        }
+        authwatch_event::time::parse_timestamp(s).map(|us| StartAt::At(us.div_euclid(1000)))
+    }
+
+    fn resolve(self, now_ms: i64) -> i64 {
+        match self {
+            StartAt::Now => now_ms,
+            StartAt::At(t) => t,
+            StartAt::Ago(d) => now_ms - d,
+        }
+    }
+}
+
+/// What to do with a checkpoint that fails its checksum or does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CorruptStatePolicy {
+    /// Report it and exit (status 2); the file is left for inspection.
+    Fail,
+    /// Report it, move it aside, and start over from now minus the look-back.
+    Rebuild,
+}
+
+/// What `authwatch run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Log groups to follow.
+    pub log_groups: Vec<String>,
+    /// `--region`.
+    pub region: Option<String>,
+    /// `--lookback`, ms.
+    pub lookback_ms: i64,
+    /// `--state-dir`.
+    pub state_dir: PathBuf,
+    /// `--start-at`; `None` = now minus the longest rule window.
+    pub start_at: Option<StartAt>,
+    /// `--on-corrupt-state`.
+    pub on_corrupt: CorruptStatePolicy,
+    /// `--api-rate`: CloudWatch Logs calls per second, all log groups together.
+    pub api_rate: f64,
+    /// `--poll-interval`.
+    pub poll_interval: Duration,
+    /// `--rediscover-interval`.
+    pub rediscover_every: Duration,
+    /// `--max-lateness` (µs).
+    pub max_lateness: Micros,
+    /// The wait after a non-transient API error (authorization, missing group).
+    pub slow_retry: Duration,
+}
+
+/// What `authwatch replay --log-group` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RangeOptions {
+    /// Log groups to read.
+    pub log_groups: Vec<String>,
+    /// `--region`.
+    pub region: Option<String>,
+    /// Range start, ms (inclusive).
+    pub start_ms: i64,
+    /// Range end, ms (inclusive).
+    pub end_ms: i64,
+    /// `--api-rate`.
+    pub api_rate: f64,
+    /// `--max-lateness` (µs).
+    pub max_lateness: Micros,
+    /// `--cluster` for alerts (default: from the log group).
+    pub cluster: Option<String>,
+}
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The checkpoint is unreadable and `--on-corrupt-state rebuild` was not given.
+    #[error("{0}; start with --on-corrupt-state rebuild to move it aside and rebuild from the look-back")]
+    CorruptState(CheckpointError),
+    /// The state directory cannot be read or written.
+    #[error("state: {0}")]
+    State(#[from] CheckpointError),
+    /// The ledger journal or a sink failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A closed-range read met a non-transient API error.
+    #[error("{0}")]
+    Read(#[from] ReadError),
+}
+
+impl LiveError {
+    /// 2 for operator-fixable configuration or state problems, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LiveError::CorruptState(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// The longest `window` and the longest `window + cooldown` of `rules`, µs.
+fn rule_spans(rules: &[Rule]) -> (Micros, Micros) {
+    let window = rules.iter().map(|r| r.window).max().unwrap_or(0);
+    let memory = rules
+        .iter()
+        .map(|r| r.window.saturating_add(r.cooldown))
+        .max()
+        .unwrap_or(0);
+    (window, memory)
+}
+
+/// Runs until killed (or until a sink or the state directory fails).
+pub fn run(opts: &RunOptions, rules: Vec<Rule>, sink: &mut dyn AlertSink) -> Result<(), LiveError> {
+    runtime()?.block_on(run_async(opts, rules, sink))
+}
+
+async fn run_async(
+    opts: &RunOptions,
+    rules: Vec<Rule>,
+    sink: &mut dyn AlertSink,
+) -> Result<(), LiveError> {
+    let (max_window, memory) = rule_spans(&rules);
+    let horizon_ms = memory / 1000 + opts.lookback_ms;
+    let store = CheckpointStore::new(&opts.state_dir);
+    let now = now_ms();
+    let mut checkpoint = match store.load() {
+        Ok(Some(c)) => c,
+        Ok(None) => Checkpoint::default(),
+        Err(e @ CheckpointError::Corrupt { .. }) => match opts.on_corrupt {
+            CorruptStatePolicy::Fail => return Err(LiveError::CorruptState(e)),
+            CorruptStatePolicy::Rebuild => {
+                let aside = store.path().with_extension(format!("corrupt-{now}"));
+                std::fs::rename(store.path(), &aside)?;
+                eprintln!(
+                    "authwatch: {e}; moved to {} and rebuilding from the look-back ({}s): alerts of that period may be delivered again",
+                    aside.display(),
+                    opts.lookback_ms / 1000
+                );
+                let start = now - opts.lookback_ms;
+                let mut c = Checkpoint::default();
+                for g in &opts.log_groups {
+                    c.groups.insert(
+                        g.clone(),
+                        GroupPosition {
+                            position_ms: start,
+                            floor_ms: start - max_window / 1000,
+                        },
+                    );
+                }
+                c
+            }
+        },
+        Err(e) => return Err(e.into()),
+    };
+
+    let client = build_client(&ClientConfig {
+        region: opts.region.clone(),
+        attempt_timeout: None,
+    })
+    .await;
+    let bucket = Arc::new(TokenBucket::new(opts.api_rate, opts.api_rate.max(1.0)));
+    let mut readers = Vec::new();
+    for g in &opts.log_groups {
+        let pos = *checkpoint.groups.entry(g.clone()).or_insert_with(|| {
+            let start = opts
+                .start_at
+                .unwrap_or(StartAt::Ago(max_window / 1000))
+                .resolve(now);
+            GroupPosition {
+                position_ms: start,
+                floor_ms: start,
+            }
+        });
+        let from = pos.floor_ms.max(pos.position_ms - horizon_ms);
+        eprintln!(
+            "authwatch run: {g}: position {}, reading from {} (state in {})",
+            format_millis(pos.position_ms * 1000),
+            format_millis(from * 1000),
+            opts.state_dir.display()
+        );
+        let config = ReaderConfig {
+            log_group: g.clone(),
+            stream_prefix: AUDIT_STREAM_PREFIX.into(),
+            lookback_ms: opts.lookback_ms,
+            rediscover_every: opts.rediscover_every,
+            max_pass_span_ms: 5 * 60 * 1000,
+            retry: RetryPolicy {
+                slow_retry: opts.slow_retry,
+                ..RetryPolicy::default()
+            },
+        };
+        readers.push(LogGroupReader::new(
+            client.clone(),
+            bucket.clone(),
+            config,
+            from,
+            pos.position_ms,
+        ));
+    }
+    let ledger = Rc::new(RefCell::new(SentLedger::open(
+        &opts.state_dir,
+        &checkpoint.sent_alerts,
+    )?));
+    store.save(&checkpoint)?;
+
+    let engine = Engine::new(
+        rules,
+        EngineConfig {
+            max_lateness: opts.max_lateness,
+            ..EngineConfig::default()
+        },
+    );
+    let mut ledger_sink = LedgerSink::new(ledger.clone(), vec![sink]);
+    // No prefilter live: every decoded event moves the watermark, so held matches are
+    // released as soon as time moves on (live volumes are far below decoding speed).
+    let mut pipeline = Pipeline::new(engine, vec![&mut ledger_sink], false);
+    let mut index = 0u64;
+    loop {
+        let mut caught_up = true;
+        for reader in &mut readers {
+            let until = now_ms();
+            let pass = reader.pass(until).await?;
+            if pass.position_ms < until {
+                caught_up = false;
+            }
+            let group = reader.log_group().to_owned();
+            for ev in &pass.events {
+                index += 1;
+                let record = RawRecord {
+                    message: ev.message.as_bytes(),
+                    stream: Some(&ev.stream),
+                    log_group: Some(&group),
+                    cw_timestamp: Some(ev.timestamp_ms.saturating_mul(1000)),
+                    event_id: Some(&ev.event_id),
+                };
+                pipeline.on_record(
+                    Ok(record),
+                    Location {
+                        name: &group,
+                        index,
+                        is_line: false,
+                    },
+                )?;
+            }
+            // Alerts of this pass are delivered (and journalled): the position may move.
+            if let Some(p) = checkpoint.groups.get_mut(&group) {
+                p.position_ms = pass.position_ms;
+            }
+            let oldest = checkpoint
+                .groups
+                .values()
+                .map(|p| p.position_ms)
+                .min()
+                .unwrap_or(pass.position_ms);
+            checkpoint.sent_alerts = ledger.borrow_mut().prune_and_snapshot(oldest - horizon_ms);
+            store.save(&checkpoint)?;
+            ledger.borrow_mut().clear_journal()?;
+        }
+        if caught_up {
+            tokio::time::sleep(opts.poll_interval).await;
+        }
+    }
+}
+
+/// Reads `[start, end]` of each log group once, with the live reader, and finishes the
+/// engine. API errors other than throttling, 5xx and connection failures end it.
+pub fn replay_range(
+    opts: &RangeOptions,
+    rules: Vec<Rule>,
+    sink: &mut dyn AlertSink,
+) -> Result<crate::pipeline::Counters, LiveError> {
+    runtime()?.block_on(async {
+        let client = build_client(&ClientConfig {
+            region: opts.region.clone(),
+            attempt_timeout: None,
+        })
+        .await;
+        let bucket = Arc::new(TokenBucket::new(opts.api_rate, opts.api_rate.max(1.0)));
+        let engine = Engine::new(
+            rules,
+            EngineConfig {
+                max_lateness: opts.max_lateness,
+                cluster: opts.cluster.clone(),
+                ..EngineConfig::default()
+            },
+        );
+        let mut pipeline = Pipeline::new(engine, vec![sink], false);
+        let mut index = 0u64;
+        for g in &opts.log_groups {
+            let config = ReaderConfig {
+                log_group: g.clone(),
+                stream_prefix: AUDIT_STREAM_PREFIX.into(),
+                lookback_ms: 0,
+                rediscover_every: Duration::MAX,
+                max_pass_span_ms: 5 * 60 * 1000,
+                retry: RetryPolicy {
+                    forever: false,
+                    ..RetryPolicy::default()
+                },
+            };
+            let mut reader = LogGroupReader::new(
+                client.clone(),
+                bucket.clone(),
+                config,
+                opts.start_ms,
+                opts.start_ms,
+            );
+            // At least one pass, so that `--start T --end T` reads the events at T.
+            loop {
+                let pass = reader.pass(opts.end_ms).await?;
+                for ev in &pass.events {
+                    index += 1;
+                    let record = RawRecord {
+                        message: ev.message.as_bytes(),
+                        stream: Some(&ev.stream),
+                        log_group: Some(g),
+                        cw_timestamp: Some(ev.timestamp_ms.saturating_mul(1000)),
+                        event_id: Some(&ev.event_id),
+                    };
+                    pipeline.on_record(
+                        Ok(record),
+                        Location {
+                            name: g,
+                            index,
+                            is_line: false,
+                        },
+                    )?;
+                }
+                if reader.position_ms() >= opts.end_ms {
+                    break;
+                }
+            }
+        }
+        pipeline.finish()?;
+        Ok(pipeline.counters().clone())
+    })
+}

@@ -1,0 +1,464 @@
+//! Helpers for the tests that run `authwatch run` against a CloudWatch Logs emulator (moto's
+//! server, started by `.ci/run`): the emulator client, event builders, the binary as a child
+//! process, and a fault-injecting HTTP proxy.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use aws_sdk_cloudwatchlogs::Client;
+use serde_json::Value;
+
+/// The emulator endpoint, or `None` (with a notice) when tests run locally without one.
+/// Under CI (`CI=true`) a missing emulator is a failure, not a skip.
+pub fn emulator() -> Option<String> {
+    match std::env::var("AWS_ENDPOINT_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but AWS_ENDPOINT_URL is unset: these tests need the CloudWatch Logs emulator (.ci/run starts moto_server)");
+            }
+            eprintln!("notice: AWS_ENDPOINT_URL is unset; skipping emulator test (run `bash .ci/run` or start moto_server and export AWS_ENDPOINT_URL)");
+            None
+        }
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// RFC 3339 with milliseconds, as alerts print times.
+pub fn rfc3339_ms(ms: i64) -> String {
+    authwatch_event::time::format_millis(ms * 1000)
+}
+
+/// A log-group name no other test uses.
+pub fn unique_group(tag: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "/aws/eks/{tag}-{}-{}-{}/cluster",
+        std::process::id(),
+        now_ms(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An emulator client with its own runtime (tests are synchronous).
+pub struct Emu {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl Emu {
+    pub fn new(endpoint: &str) -> Emu {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let endpoint = endpoint.to_owned();
+        let client = rt.block_on(async move {
+            let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .endpoint_url(endpoint)
+                .region(aws_config::Region::new("us-east-1"))
+                .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
+                    "test", "test", None, None, "static",
+                ))
+                .load()
+                .await;
+            Client::new(&conf)
+        });
+        Emu { rt, client }
+    }
+
+    pub fn create_group(&self, group: &str) {
+        self.rt
+            .block_on(self.client.create_log_group().log_group_name(group).send())
+            .unwrap();
+    }
+
+    pub fn create_stream(&self, group: &str, stream: &str) {
+        self.rt
+            .block_on(
+                self.client
+                    .create_log_stream()
+                    .log_group_name(group)
+                    .log_stream_name(stream)
+                    .send(),
+            )
+            .unwrap();
+    }
+
+    /// `PutLogEvents` (sorted by timestamp, as the API wants).
+    pub fn put(&self, group: &str, stream: &str, events: &[(i64, String)]) {
+        let mut events = events.to_vec();
+        events.sort_by_key(|e| e.0);
+        for chunk in events.chunks(5000) {
+            let batch: Vec<InputLogEvent> = chunk
+                .iter()
+                .map(|(ts, m)| {
+                    InputLogEvent::builder()
+                        .timestamp(*ts)
+                        .message(m.clone())
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            self.rt
+                .block_on(
+                    self.client
+                        .put_log_events()
+                        .log_group_name(group)
+                        .log_stream_name(stream)
+                        .set_log_events(Some(batch))
+                        .send(),
+                )
+                .unwrap();
+        }
+    }
+}
+
+/// A denied (403) audit event at `ms` from `ip` by `user`.
+pub fn denied(audit_id: &str, ms: i64, ip: &str, user: &str) -> String {
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{audit_id}","stage":"ResponseComplete","requestURI":"/api/v1/secrets","verb":"list","user":{{"username":"{user}"}},"sourceIPs":["{ip}"],"userAgent":"attack/1.0","objectRef":{{"resource":"secrets","apiVersion":"v1"}},"responseStatus":{{"code":403}},"requestReceivedTimestamp":"{t}","stageTimestamp":"{t}"}}"#,
+        t = rfc3339_ms(ms)
+    )
+}
+
+/// `n` denied events `step` ms apart from `start`, as (timestamp, message).
+pub fn attack(
+    tag: &str,
+    n: usize,
+    start: i64,
+    step: i64,
+    ip: &str,
+    user: &str,
+) -> Vec<(i64, String)> {
+    (0..n)
+        .map(|i| {
+            let t = start + i as i64 * step;
+            (t, denied(&format!("{tag}-{i}"), t, ip, user))
+        })
+        .collect()
+}
+
+/// The shared corpus (falco traces and the audit2rbac demo) as background traffic: each line
+/// re-timed to `ms` and given a unique auditID; lines that are not JSON objects are sent as is.
+pub struct Noise {
+    lines: Vec<String>,
+    next: usize,
+}
+
+impl Noise {
+    pub fn load() -> Noise {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus");
+        let mut lines = Vec::new();
+        for f in ["falco_k8s_audit.jsonl", "audit2rbac_demo.jsonl"] {
+            let text = std::fs::read_to_string(root.join(f))
+                .unwrap_or_else(|e| panic!("reading ../shared/corpus/{f}: {e}"));
+            lines.extend(
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        assert!(lines.len() > 80, "corpus too small");
+        Noise { lines, next: 0 }
+    }
+
+    pub fn event(&mut self, ms: i64) -> (i64, String) {
+        let line = &self.lines[self.next % self.lines.len()];
+        let n = self.next;
+        self.next += 1;
+        let msg = match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(mut o)) => {
+                let t = Value::String(rfc3339_ms(ms));
+                for k in ["timestamp", "requestReceivedTimestamp", "stageTimestamp"] {
+                    if o.contains_key(k) {
+                        o.insert(k.into(), t.clone());
+                    }
+                }
+                if let Some(Value::String(id)) = o.get("auditID").cloned() {
+                    o.insert("auditID".into(), Value::String(format!("{id}-{n}")));
+                }
+                Value::Object(o).to_string()
+            }
+            _ => line.clone(),
+        };
+        (ms, msg)
+    }
+
+    pub fn events(&mut self, n: usize, start: i64, step: i64) -> Vec<(i64, String)> {
+        (0..n)
+            .map(|i| self.event(start + i as i64 * step))
+            .collect()
+    }
+}
+
+/// `authwatch run` as a child process.
+pub struct Runner {
+    pub child: Child,
+    pub output: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// Starts `authwatch run --log-group <group>` with test-friendly timings plus `extra` args,
+/// talking to `endpoint`; alerts are appended to `output`, stderr to `<output>.stderr`.
+pub fn start_run(
+    endpoint: &str,
+    group: &str,
+    state_dir: &Path,
+    output: &Path,
+    extra: &[&str],
+) -> Runner {
+    let stderr = output.with_extension(format!(
+        "stderr{}",
+        now_ms() // one file per process, so a restart does not overwrite the last one
+    ));
+    let child = Command::new(env!("CARGO_BIN_EXE_authwatch"))
+        .args(["run", "--log-group", group, "--state-dir"])
+        .arg(state_dir)
+        .arg("--output")
+        .arg(output)
+        .args(
+            [
+                ("--poll-interval", "1s"),
+                ("--rediscover-interval", "2s"),
+                ("--api-rate", "20"),
+                ("--max-lateness", "0s"),
+            ]
+            .iter()
+            // `extra` overrides a default.
+            .filter(|(flag, _)| !extra.contains(flag))
+            .flat_map(|(flag, value)| [*flag, *value]),
+        )
+        .args(extra)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("spawn authwatch run");
+    Runner {
+        child,
+        output: output.to_owned(),
+        stderr,
+    }
+}
+
+impl Runner {
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The alert lines in `path` (complete lines only).
+pub fn alerts(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// `(rule, group JSON)` of each alert.
+pub fn keys(alerts: &[Value]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = alerts
+        .iter()
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap().to_owned(),
+                a["group"].to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Alert ids, panicking on a duplicate.
+pub fn unique_ids(alerts: &[Value]) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for a in alerts {
+        let id = a["alert_id"].as_str().unwrap().to_owned();
+        assert!(ids.insert(id.clone()), "duplicate alert_id {id}: {a}");
+    }
+    ids
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f()
+}
+
+/// A small deterministic PRNG (xorshift64*), so that a failing seed can be re-run.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `[0, n)`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// What the proxy did.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub forwarded: AtomicU64,
+    pub throttled: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub resets: AtomicU64,
+}
+
+/// A fault-injecting HTTP/1.1 proxy on loopback in front of the emulator: of the requests,
+/// `throttle_pct` % get a 400 `ThrottlingException`, `error_pct` % a 500, `reset_pct` % a
+/// closed connection with no answer; the rest are forwarded. One request per connection (moto
+/// answers `Connection: close` anyway).
+pub fn start_fault_proxy(
+    upstream: SocketAddr,
+    seed: u64,
+    throttle_pct: u64,
+    error_pct: u64,
+    reset_pct: u64,
+) -> (SocketAddr, Arc<ProxyStats>, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = Arc::new(ProxyStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (st, sp) = (stats.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let mut rng = Rng::new(seed);
+        for conn in listener.incoming() {
+            if sp.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(conn) = conn else { continue };
+            let roll = rng.below(100);
+            let st = st.clone();
+            std::thread::spawn(move || {
+                let _ = proxy_one(
+                    conn,
+                    upstream,
+                    roll,
+                    throttle_pct,
+                    error_pct,
+                    reset_pct,
+                    &st,
+                );
+            });
+        }
+    });
+    (addr, stats, stop)
+}
+
+fn read_http_message(s: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 8192];
+    let header_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut tmp)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + len {
+        let n = s.read(&mut tmp)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    Ok(Some(buf))
+}
+
+fn proxy_one(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    roll: u64,
+    throttle_pct: u64,
+    error_pct: u64,
+    reset_pct: u64,
+    stats: &ProxyStats,
+) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let Some(request) = read_http_message(&mut client)? else {
+        return Ok(());
+    };
+    let canned = |status: &str, kind: &str| {
+        let body = format!(r#"{{"__type":"{kind}","message":"injected by the test proxy"}}"#);
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: {kind}\r\nx-amzn-RequestId: proxy\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    if roll < throttle_pct {
+        stats.throttled.fetch_add(1, Ordering::Relaxed);
+        client.write_all(canned("400 Bad Request", "ThrottlingException").as_bytes())?;
+    } else if roll < throttle_pct + error_pct {
+        stats.server_errors.fetch_add(1, Ordering::Relaxed);
+        client.write_all(canned("500 Internal Server Error", "InternalFailure").as_bytes())?;
+    } else if roll < throttle_pct + error_pct + reset_pct {
+        stats.resets.fetch_add(1, Ordering::Relaxed);
+        let _ = client.shutdown(std::net::Shutdown::Both);
+    } else {
+        let mut up = TcpStream::connect(upstream)?;
+        up.write_all(&request)?;
+        let mut response = Vec::new();
+        up.read_to_end(&mut response)?;
+        client.write_all(&response)?;
+        stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
