@@ -56,7 +56,11 @@ fn latency_put_to_alert() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("alerts.jsonl");
     std::fs::write(&out, "").unwrap();
-    let _run = start_run(&ep, &g, &dir.path().join("state"), &out, &DEFAULTS);
+    // `AUTHWATCH_BENCH_MAX_LATENESS` (default 5s, the default of `run`) shows its share.
+    let lateness = std::env::var("AUTHWATCH_BENCH_MAX_LATENESS").unwrap_or_else(|_| "5s".into());
+    let mut args = DEFAULTS.to_vec();
+    args[5] = &lateness;
+    let _run = start_run(&ep, &g, &dir.path().join("state"), &out, &args);
     std::thread::sleep(Duration::from_secs(3));
     let mut noise = Noise::load();
     let mut put_at: HashMap<String, Instant> = HashMap::new();
@@ -108,7 +112,7 @@ fn latency_put_to_alert() {
         latency.len()
     );
     eprintln!(
-        "latency put→alert over {n} alerts (poll 2s, max-lateness 5s, api-rate 2): p50 {:.2}s p90 {:.2}s p99 {:.2}s max {:.2}s",
+        "latency put→alert over {n} alerts (poll 2s, max-lateness {lateness}, api-rate 2): p50 {:.2}s p90 {:.2}s p99 {:.2}s max {:.2}s",
         percentile(&latency, 0.5),
         percentile(&latency, 0.9),
         percentile(&latency, 0.99),
@@ -116,9 +120,27 @@ fn latency_put_to_alert() {
     );
 }
 
+/// What [`calls_per_minute`] saw.
+struct Load {
+    /// Calls in the measured minute.
+    calls: u64,
+    /// Events put in all.
+    put: usize,
+    /// How far the checkpointed position was behind the clock at the end, s.
+    lag_s: f64,
+}
+
+/// The checkpointed position of the only log group in `state_dir`, ms.
+fn checkpoint_position(state_dir: &std::path::Path) -> Option<i64> {
+    let text = std::fs::read_to_string(state_dir.join("checkpoint.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["state"]["groups"].as_object()?.values().next()?["position_ms"].as_i64()
+}
+
 /// CloudWatch Logs calls per minute (counted by a pass-through proxy), idle and under
-/// `rate` events per second.
-fn calls_per_minute(rate: usize, tag: &str) -> (u64, usize) {
+/// `rate` events per second, after a warm-up of `AUTHWATCH_BENCH_WARMUP_SECS` (default 10;
+/// 330 fills the 5-minute look-back, the steady state).
+fn calls_per_minute(rate: usize, tag: &str) -> Load {
     let ep = emulator().unwrap();
     let emu = Emu::new(&ep);
     let g = setup(&emu, tag);
@@ -139,7 +161,11 @@ fn calls_per_minute(rate: usize, tag: &str) -> (u64, usize) {
         &DEFAULTS,
     );
     let mut noise = Noise::load();
-    let warmup = Instant::now() + Duration::from_secs(10);
+    let warmup_s: u64 = std::env::var("AUTHWATCH_BENCH_WARMUP_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let warmup = Instant::now() + Duration::from_secs(warmup_s);
     let mut begin: Option<(Instant, u64)> = None;
     let mut put = 0usize;
     loop {
@@ -157,9 +183,10 @@ fn calls_per_minute(rate: usize, tag: &str) -> (u64, usize) {
         if let Some((t, c)) = begin {
             if t.elapsed() >= Duration::from_secs(60) {
                 let calls = stats.forwarded.load(Ordering::Relaxed) - c;
-                let achieved = put;
+                let lag_s = checkpoint_position(&dir.path().join("state"))
+                    .map_or(f64::NAN, |p| (now_ms() - p) as f64 / 1000.0);
                 drop(run);
-                return (calls, achieved);
+                return Load { calls, put, lag_s };
             }
         }
         let spent = tick.elapsed();
@@ -175,8 +202,11 @@ fn api_calls_per_minute_idle() {
     if emulator().is_none() {
         return;
     }
-    let (calls, _) = calls_per_minute(0, "idle");
-    eprintln!("API calls per minute, idle (3 streams, poll 2s): {calls}");
+    let load = calls_per_minute(0, "idle");
+    eprintln!(
+        "API calls per minute, idle (3 streams, poll 2s): {}; position lag at the end {:.1}s",
+        load.calls, load.lag_s
+    );
 }
 
 #[test]
@@ -186,10 +216,13 @@ fn api_calls_per_minute_at_1000_events_per_second() {
         return;
     }
     let started = Instant::now();
-    let (calls, put) = calls_per_minute(1000, "busy");
+    let load = calls_per_minute(1000, "busy");
     eprintln!(
-        "API calls per minute at a target of 1000 events/s: {calls} ({put} events put in {:.0}s, {:.0}/s achieved by the emulator)",
+        "API calls per minute at a target of 1000 events/s: {} ({} events put in {:.0}s, {:.0}/s achieved by the emulator); position lag at the end {:.1}s",
+        load.calls,
+        load.put,
         started.elapsed().as_secs_f64(),
-        put as f64 / started.elapsed().as_secs_f64()
+        load.put as f64 / started.elapsed().as_secs_f64(),
+        load.lag_s
     );
 }

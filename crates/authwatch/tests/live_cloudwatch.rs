@@ -505,3 +505,54 @@ fn replay_of_a_closed_range_reads_it_and_ends() {
     );
     assert!(err.contains("121 records"), "{err}");
 }
+
+#[test]
+fn an_authorization_error_names_the_permission_and_is_retried_until_it_clears() {
+    let Some(ep) = emulator() else { return };
+    let emu = Emu::new(&ep);
+    let g = group_with_streams(&emu, "denied", &[S1]);
+    let upstream = ep
+        .trim_start_matches("http://")
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap();
+    let (proxy, stats, _stop) = start_denying_proxy(upstream, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.jsonl");
+    let a = attack(
+        "denied",
+        20,
+        now_ms() - 10_000,
+        10,
+        "203.0.113.3",
+        "after-fix",
+    );
+    emu.put(&g, S1, &a);
+    let mut run = start_run(
+        &format!("http://{proxy}"),
+        &g,
+        &dir.path().join("state"),
+        &out,
+        &["--slow-retry", "1s"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || alerts(&out).len() >= 2),
+        "stderr:\n{}",
+        run.stderr_text()
+    );
+    assert!(run.child.try_wait().unwrap().is_none(), "must keep running");
+    let err = run.stderr_text();
+    let said =
+        format!("not authorized: the credentials need logs:DescribeLogStreams on log group {g}");
+    assert_eq!(err.matches(&said).count(), 1, "{err}");
+    assert!(err.contains("working again"), "{err}");
+    assert_eq!(stats.denied.load(Ordering::Relaxed), 3);
+    assert_fired_at(
+        &alerts(&out),
+        "denied-by-source-ip",
+        "sourceIPs",
+        "203.0.113.3",
+        a[19].0,
+    );
+}

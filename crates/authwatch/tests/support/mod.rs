@@ -351,6 +351,7 @@ pub struct ProxyStats {
     pub throttled: AtomicU64,
     pub server_errors: AtomicU64,
     pub resets: AtomicU64,
+    pub denied: AtomicU64,
 }
 
 /// A fault-injecting HTTP/1.1 proxy on loopback in front of the emulator: of the requests,
@@ -364,6 +365,26 @@ pub fn start_fault_proxy(
     error_pct: u64,
     reset_pct: u64,
 ) -> (SocketAddr, Arc<ProxyStats>, Arc<AtomicBool>) {
+    start_proxy(upstream, seed, throttle_pct, error_pct, reset_pct, 0)
+}
+
+/// A proxy that answers the first `deny_first` requests with `AccessDeniedException` (as if
+/// the role lacked the permission until someone fixed it), then forwards everything.
+pub fn start_denying_proxy(
+    upstream: SocketAddr,
+    deny_first: u64,
+) -> (SocketAddr, Arc<ProxyStats>, Arc<AtomicBool>) {
+    start_proxy(upstream, 1, 0, 0, 0, deny_first)
+}
+
+fn start_proxy(
+    upstream: SocketAddr,
+    seed: u64,
+    throttle_pct: u64,
+    error_pct: u64,
+    reset_pct: u64,
+    deny_first: u64,
+) -> (SocketAddr, Arc<ProxyStats>, Arc<AtomicBool>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = Arc::new(ProxyStats::default());
@@ -371,11 +392,29 @@ pub fn start_fault_proxy(
     let (st, sp) = (stats.clone(), stop.clone());
     std::thread::spawn(move || {
         let mut rng = Rng::new(seed);
+        let mut n = 0u64;
         for conn in listener.incoming() {
             if sp.load(Ordering::Relaxed) {
                 return;
             }
-            let Ok(conn) = conn else { continue };
+            let Ok(mut conn) = conn else { continue };
+            n += 1;
+            if n <= deny_first {
+                st.denied.fetch_add(1, Ordering::Relaxed);
+                std::thread::spawn(move || {
+                    if let Ok(Some(_)) = read_http_message(&mut conn) {
+                        let body = r#"{"__type":"AccessDeniedException","message":"User: arn:aws:sts::123456789012:assumed-role/authwatch/test is not authorized to perform: logs:DescribeLogStreams"}"#;
+                        let _ = conn.write_all(
+                            format!(
+                                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: AccessDeniedException\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                });
+                continue;
+            }
             let roll = rng.below(100);
             let st = st.clone();
             std::thread::spawn(move || {
