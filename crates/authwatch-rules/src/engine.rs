@@ -650,6 +650,18 @@ impl Engine {
         self.release(out);
     }
 
+    /// Declares that no event older than `t` is still expected in order (a live source that
+    /// has read everything up to `t` plus the lateness bound says so): matches held back up to
+    /// `t` are counted now instead of waiting for a newer event. A quiet log group then
+    /// still fires the alerts of its last events. Events older than `t` that arrive later are
+    /// late: still counted while a window that contains them is open.
+    pub fn advance_watermark(&mut self, t: Micros, out: &mut Vec<Alert>) {
+        if self.watermark.is_none_or(|w| t > w) {
+            self.watermark = Some(t);
+            self.release(out);
+        }
+    }
+
     /// End of input: counts everything still held back and appends the alerts.
     pub fn finish(&mut self, out: &mut Vec<Alert>) {
         while let Some(Reverse(p)) = self.pending.pop() {

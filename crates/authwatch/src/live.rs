@@ -300,7 +300,6 @@ async fn run_async(
                     },
                 )?;
             }
-            // Alerts of this pass are delivered (and journalled): the position may move.
             if let Some(p) = checkpoint.groups.get_mut(&group) {
                 p.position_ms = pass.position_ms;
             }
@@ -310,6 +309,14 @@ async fn run_async(
                 .map(|p| p.position_ms)
                 .min()
                 .unwrap_or(pass.position_ms);
+            // Every group is read up to `oldest`: matches held for ordering up to there (less
+            // the lateness bound) fire now, even if the log group falls silent.
+            pipeline.advance_to(
+                oldest
+                    .saturating_mul(1000)
+                    .saturating_sub(opts.max_lateness),
+            )?;
+            // Alerts of this pass are delivered (and journalled): the position may move.
             checkpoint.sent_alerts = ledger.borrow_mut().prune_and_snapshot(oldest - horizon_ms);
             store.save(&checkpoint)?;
             ledger.borrow_mut().clear_journal()?;

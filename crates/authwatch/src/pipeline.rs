@@ -221,6 +221,13 @@ impl<'s> Pipeline<'s> {
         self.deliver()
     }
 
+    /// A live source has read everything up to `t` (see [`Engine::advance_watermark`]):
+    /// releases held matches up to there and delivers their alerts.
+    pub fn advance_to(&mut self, t: authwatch_event::Micros) -> io::Result<()> {
+        self.engine.advance_watermark(t, &mut self.alerts);
+        self.deliver()
+    }
+
     /// End of input: releases what the reorder buffer holds and flushes the sinks.
     pub fn finish(&mut self) -> io::Result<()> {
         self.engine.finish(&mut self.alerts);
