@@ -440,43 +440,86 @@ pub fn write(opts: &GenOptions, format: GenFormat, out: &Path) -> io::Result<()>
 /// Events per export file before starting the next (`000000.gz`, `000001.gz`, ...).
 const EXPORT_FILE_EVENTS: u64 = 50_000;
 
+/// A run of whole lines for one stream's writer; `last_of_file` closes the current file.
+struct Chunk {
+    lines: Vec<u8>,
+    last_of_file: bool,
+}
+
 fn write_cw_export(opts: &GenOptions, out: &Path) -> io::Result<()> {
     let task = out.join("8d9f6f2e-3c1a-4b7e-9f0d-2a5c7e1b4d60");
-    let mut writers: Vec<Option<(flate2::write::GzEncoder<std::fs::File>, u64, u64)>> =
-        (0..opts.streams).map(|_| None).collect();
-    let open = |stream: usize, part: u64| -> io::Result<flate2::write::GzEncoder<std::fs::File>> {
-        let dir: PathBuf = task.join(stream_name(stream));
-        std::fs::create_dir_all(&dir)?;
-        let f = std::fs::File::create(dir.join(format!("{part:06}.gz")))?;
-        Ok(flate2::write::GzEncoder::new(
-            f,
-            flate2::Compression::fast(),
-        ))
-    };
-    generate(opts, &mut |e| {
-        let slot = &mut writers[e.stream];
-        if slot
-            .as_ref()
-            .is_some_and(|(_, n, _)| *n >= EXPORT_FILE_EVENTS)
-        {
-            if let Some((w, _, part)) = slot.take() {
-                w.finish()?;
-                *slot = Some((open(e.stream, part + 1)?, 0, part + 1));
+    // Compression is the cost: each stream's files are gzipped on a thread of their own.
+    std::thread::scope(|s| -> io::Result<()> {
+        let mut senders = Vec::with_capacity(opts.streams);
+        let mut writers = Vec::with_capacity(opts.streams);
+        for stream in 0..opts.streams {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(4);
+            senders.push(tx);
+            let dir: PathBuf = task.join(stream_name(stream));
+            writers.push(s.spawn(move || -> io::Result<()> {
+                std::fs::create_dir_all(&dir)?;
+                let mut part = 0u64;
+                let mut w: Option<flate2::write::GzEncoder<std::fs::File>> = None;
+                for chunk in rx {
+                    let enc = match w.as_mut() {
+                        Some(enc) => enc,
+                        None => {
+                            let f = std::fs::File::create(dir.join(format!("{part:06}.gz")))?;
+                            w.insert(flate2::write::GzEncoder::new(
+                                f,
+                                flate2::Compression::fast(),
+                            ))
+                        }
+                    };
+                    enc.write_all(&chunk.lines)?;
+                    if chunk.last_of_file {
+                        if let Some(enc) = w.take() {
+                            enc.finish()?;
+                        }
+                        part += 1;
+                    }
+                }
+                if let Some(enc) = w.take() {
+                    enc.finish()?;
+                }
+                Ok(())
+            }));
+        }
+        let mut buffers: Vec<(Vec<u8>, u64)> = (0..opts.streams).map(|_| (Vec::new(), 0)).collect();
+        let closed = || io::Error::other("a writer thread stopped");
+        generate(opts, &mut |e| {
+            let (buf, n) = &mut buffers[e.stream];
+            // CloudWatch's own timestamp trails the request by delivery delay.
+            writeln!(buf, "{} {}", format_millis(e.time + 800_000), e.json)?;
+            *n += 1;
+            let last_of_file = *n % EXPORT_FILE_EVENTS == 0;
+            if last_of_file || buf.len() >= 256 * 1024 {
+                let lines = std::mem::take(buf);
+                senders[e.stream]
+                    .send(Chunk {
+                        lines,
+                        last_of_file,
+                    })
+                    .map_err(|_| closed())?;
+            }
+            Ok(())
+        })?;
+        for ((buf, _), tx) in buffers.into_iter().zip(&senders) {
+            if !buf.is_empty() {
+                tx.send(Chunk {
+                    lines: buf,
+                    last_of_file: false,
+                })
+                .map_err(|_| closed())?;
             }
         }
-        if slot.is_none() {
-            *slot = Some((open(e.stream, 0)?, 0, 0));
-        }
-        if let Some((w, n, _)) = slot.as_mut() {
-            // CloudWatch's own timestamp trails the request by delivery delay.
-            writeln!(w, "{} {}", format_millis(e.time + 800_000), e.json)?;
-            *n += 1;
+        drop(senders);
+        for w in writers {
+            w.join()
+                .map_err(|_| io::Error::other("a writer thread panicked"))??;
         }
         Ok(())
     })?;
-    for (w, _, _) in writers.into_iter().flatten() {
-        w.finish()?;
-    }
     std::fs::write(
         out.join("aws-logs-write-test"),
         "Permission Check Successful",
