@@ -540,6 +540,8 @@ pub struct Engine {
     matcher: Matcher,
     states: Vec<RuleState>,
     seen: SeenIds,
+    /// The longest rule window: how long auditIDs are remembered.
+    max_window: Micros,
     pending: BinaryHeap<Reverse<Pending>>,
     seq: u64,
     max_seen: Option<Micros>,
@@ -564,6 +566,7 @@ impl Engine {
         Engine {
             states: rules.iter().map(|_| RuleState::default()).collect(),
             seen: SeenIds::default(),
+            max_window: rules.iter().map(|r| r.window).max().unwrap_or(0),
             matcher: Matcher {
                 rules: rules.clone(),
                 cluster: cluster.clone(),
@@ -776,7 +779,7 @@ impl Engine {
     /// every eighth of its window of event time, so a key outlives its last event by at most
     /// 1⅛ windows.
     fn sweep(&mut self, now: Micros) {
-        let max_window = self.rules.iter().map(|r| r.window).max().unwrap_or(0);
+        let max_window = self.max_window;
         if self
             .seen
             .last_sweep

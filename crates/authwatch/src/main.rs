@@ -221,13 +221,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn rules_check(paths: &[PathBuf]) -> ExitCode {
-    let rules = match rule_files::load(paths) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("authwatch: {e}");
-            return ExitCode::from(2);
+/// Loads rules (the bundled set when `paths` is empty); a bad rule file is reported and is
+/// exit status 2.
+fn load_rules(paths: &[PathBuf]) -> Result<Vec<authwatch_rules::Rule>, ExitCode> {
+    rule_files::load(paths).map_err(|e| {
+        eprintln!("authwatch: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Prints each rule's warnings (conditions that can never hold) on stderr; returns how many.
+fn print_warnings(rules: &[authwatch_rules::Rule]) -> usize {
+    let mut n = 0;
+    for r in rules {
+        for w in r.warnings() {
+            n += 1;
+            eprintln!("authwatch: warning: {}: rule `{}`: {w}", r.source, r.id);
         }
+    }
+    n
+}
+
+fn rules_check(paths: &[PathBuf]) -> ExitCode {
+    let rules = match load_rules(paths) {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     println!("id\tkind\tseverity\tgroup_by\twindow\tthreshold\ttests\tfile");
     for r in &rules {
@@ -256,24 +274,15 @@ fn rules_check(paths: &[PathBuf]) -> ExitCode {
             r.source
         );
     }
-    let mut warnings = 0;
-    for r in &rules {
-        for w in r.warnings() {
-            warnings += 1;
-            eprintln!("warning: {}: rule `{}`: {w}", r.source, r.id);
-        }
-    }
+    let warnings = print_warnings(&rules);
     eprintln!("{} rule(s) valid, {warnings} warning(s)", rules.len());
     ExitCode::SUCCESS
 }
 
 fn rules_test(paths: &[PathBuf]) -> ExitCode {
-    let rules = match rule_files::load(paths) {
+    let rules = match load_rules(paths) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("authwatch: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let (mut passed, mut failed) = (0, 0);
     for rule in &rules {
@@ -320,13 +329,11 @@ fn open_alert_sink(output: Option<PathBuf>) -> Result<JsonLinesSink, ExitCode> {
 }
 
 fn run_live(args: RunArgs) -> ExitCode {
-    let rules = match rule_files::load(&args.rules) {
+    let rules = match load_rules(&args.rules) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("authwatch: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
+    print_warnings(&rules);
     let mut sink = match open_alert_sink(args.output) {
         Ok(s) => s,
         Err(code) => return code,
@@ -404,18 +411,11 @@ fn replay_log_groups(args: ReplayArgs, rules: Vec<authwatch_rules::Rule>) -> Exi
 }
 
 fn run_replay(args: ReplayArgs) -> ExitCode {
-    let rules = match rule_files::load(&args.rules) {
+    let rules = match load_rules(&args.rules) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("authwatch: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    for r in &rules {
-        for w in r.warnings() {
-            eprintln!("authwatch: warning: {}: rule `{}`: {w}", r.source, r.id);
-        }
-    }
+    print_warnings(&rules);
     if !args.log_group.is_empty() {
         return replay_log_groups(args, rules);
     }
@@ -490,12 +490,9 @@ fn run_demo() -> ExitCode {
         }
     };
     eprintln!("authwatch demo: replaying the bundled sample (a CloudWatch S3 export of 3 API servers) with the bundled rules\n");
-    let rules = match rule_files::load(&[]) {
+    let rules = match load_rules(&[]) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("authwatch: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let mut sink = match JsonLinesSink::open(&JsonLinesTarget::Stdout) {
         Ok(s) => s,
