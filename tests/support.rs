@@ -115,6 +115,7 @@ pub fn run_with(
         progress: false,
         prefilter,
         threads,
+        metrics: None,
     };
     let summary = replay(&opts, rules, vec![&mut sink]).expect("replay succeeds");
     (sink.0, summary)

@@ -156,6 +156,7 @@ fn bench(c: &mut Criterion) {
                         progress: false,
                         prefilter: true,
                         threads,
+                        metrics: None,
                     };
                     let mut sink = Discard;
                     replay(&opts, rules.clone(), vec![&mut sink]).map(|s| s.alerts)

@@ -1,4 +1,4 @@
-//! The CloudWatch Logs client: the SDK's default credential chain and region resolution
+//! The AWS clients (CloudWatch Logs here; SNS and CloudWatch in the sinks): the SDK's default credential chain and region resolution
 //! (environment, profiles, IMDS/ECS/IRSA), with the SDK's own retries off.
 //!
 //! Retries are ours ([`crate::backoff`]): the SDK's standard mode gives up after three
@@ -22,8 +22,9 @@ pub struct ClientConfig {
     pub attempt_timeout: Option<Duration>,
 }
 
-/// Builds a client.
-pub async fn build_client(cfg: &ClientConfig) -> Client {
+/// Loads the shared SDK configuration (credentials, region, endpoint) with our timeouts and
+/// the SDK's retries off; every AWS client of authwatch is built from it.
+pub async fn sdk_config(cfg: &ClientConfig) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -35,6 +36,10 @@ pub async fn build_client(cfg: &ClientConfig) -> Client {
     if let Some(r) = &cfg.region {
         loader = loader.region(Region::new(r.clone()));
     }
-    let shared = loader.load().await;
-    Client::new(&shared)
+    loader.load().await
+}
+
+/// Builds a CloudWatch Logs client.
+pub async fn build_client(cfg: &ClientConfig) -> Client {
+    Client::new(&sdk_config(cfg).await)
 }

@@ -11,6 +11,6 @@ pub mod reader;
 pub mod token_bucket;
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, GroupPosition, SentAlert};
-pub use client::{build_client, ClientConfig};
+pub use client::{build_client, sdk_config, ClientConfig};
 pub use reader::{LogEvent, LogGroupReader, Pass, ReaderConfig, RetryPolicy};
 pub use token_bucket::TokenBucket;

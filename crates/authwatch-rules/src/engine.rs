@@ -453,6 +453,13 @@ struct PreparedHit {
     distinct: Option<Values>,
 }
 
+impl Prepared {
+    /// The event's time, if it has one.
+    pub fn time(&self) -> Option<Micros> {
+        self.time
+    }
+}
+
 impl Matcher {
     /// Matches one event against every rule.
     pub fn prepare(&mut self, view: &EventView<'_, '_>) -> Prepared {

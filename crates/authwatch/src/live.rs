@@ -24,6 +24,7 @@ use authwatch_rules::{Engine, EngineConfig, Rule};
 
 use crate::input::Location;
 use crate::pipeline::Pipeline;
+use crate::sinks::cloudwatch_metrics::{MetricsConfig, MetricsPublisher, UNKNOWN_CLUSTER};
 use crate::sinks::ledger::{LedgerSink, SentLedger};
 use crate::sinks::AlertSink;
 
@@ -96,6 +97,8 @@ pub struct RunOptions {
     pub max_lateness: Micros,
     /// The wait after a non-transient API error (authorization, missing group).
     pub slow_retry: Duration,
+    /// Publish CloudWatch metrics.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// What `authwatch replay --log-group` was asked to do.
@@ -115,6 +118,8 @@ pub struct RangeOptions {
     pub max_lateness: Micros,
     /// `--cluster` for alerts (default: from the log group).
     pub cluster: Option<String>,
+    /// Publish CloudWatch metrics.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Why a run stopped.
@@ -165,6 +170,18 @@ fn rule_spans(rules: &[Rule]) -> (Micros, Micros) {
         .max()
         .unwrap_or(0);
     (window, memory)
+}
+
+/// The `Cluster` of metrics that no log group names: the configured one, else the first log
+/// group's.
+fn default_cluster<'a>(configured: Option<&'a str>, log_groups: &'a [String]) -> &'a str {
+    configured
+        .or_else(|| {
+            log_groups
+                .first()
+                .and_then(|g| authwatch_event::cluster_from_log_group(g))
+        })
+        .unwrap_or(UNKNOWN_CLUSTER)
 }
 
 /// Runs until killed (or until a sink or the state directory fails).
@@ -272,6 +289,12 @@ async fn run_async(
     // No prefilter live: every decoded event moves the watermark, so held matches are
     // released as soon as time moves on (live volumes are far below decoding speed).
     let mut pipeline = Pipeline::new(engine, vec![&mut ledger_sink], false);
+    if let Some(config) = &opts.metrics {
+        pipeline = pipeline.with_metrics(
+            MetricsPublisher::start(config.clone())?,
+            default_cluster(None, &opts.log_groups),
+        );
+    }
     let mut index = 0u64;
     loop {
         let mut caught_up = true;
@@ -350,6 +373,12 @@ pub fn replay_range(
             },
         );
         let mut pipeline = Pipeline::new(engine, vec![sink], false);
+        if let Some(config) = &opts.metrics {
+            pipeline = pipeline.with_metrics(
+                MetricsPublisher::start(config.clone())?,
+                default_cluster(opts.cluster.as_deref(), &opts.log_groups),
+            );
+        }
         let mut index = 0u64;
         for g in &opts.log_groups {
             let config = ReaderConfig {

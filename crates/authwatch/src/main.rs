@@ -9,8 +9,11 @@ use authwatch::generate::{GenFormat, GenOptions};
 use authwatch::input::FormatChoice;
 use authwatch::replay::{replay, ReplayError, ReplayOptions};
 use authwatch::rule_files;
+use authwatch::sinks::cloudwatch_metrics::{MetricsConfig, MetricsFormat};
 use authwatch::sinks::json_lines::{JsonLinesSink, JsonLinesTarget};
-use authwatch::sinks::AlertSink;
+use authwatch::sinks::sns::{SnsConfig, SnsNotifier};
+use authwatch::sinks::spool::SpoolLimits;
+use authwatch::sinks::{self, AlertSink};
 use authwatch_event::framing::Format;
 use authwatch_event::time::parse_timestamp;
 use authwatch_rules::rule::parse_duration;
@@ -65,7 +68,7 @@ struct ReplayArgs {
     /// Input framing: auto (by content), jsonl, cw-export, filter-log-events, subscription.
     #[arg(long, default_value = "auto", value_parser = parse_format)]
     format: FormatChoice,
-    /// Append alert lines to FILE instead of writing them to stdout.
+    /// Append alert lines to FILE (the same as `--sink file:FILE`).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Also write the summary as JSON to FILE.
@@ -102,12 +105,169 @@ struct ReplayArgs {
     /// End of the CloudWatch range (RFC 3339), with --log-group.
     #[arg(long, value_name = "TIME", requires = "log_group")]
     end: Option<String>,
-    /// AWS region for --log-group (default: the SDK's chain, e.g. AWS_REGION).
-    #[arg(long, requires = "log_group")]
+    /// AWS region for --log-group, SNS and CloudWatch (default: the SDK's chain, e.g.
+    /// AWS_REGION).
+    #[arg(long)]
     region: Option<String>,
+    /// Where the SNS spool is kept (only used with --sns-topic-arn).
+    #[arg(long, default_value = "./authwatch-state")]
+    state_dir: PathBuf,
+    #[command(flatten)]
+    sink: SinkArgs,
     /// CloudWatch Logs calls per second for --log-group.
     #[arg(long, default_value_t = 2.0, requires = "log_group")]
     api_rate: f64,
+}
+
+/// Where alerts (and metrics) go; the same flags on `run` and `replay`.
+#[derive(clap::Args)]
+struct SinkArgs {
+    /// Where alert lines go: `stdout`, `file:PATH` (appended), or `none`; repeatable
+    /// (default: stdout).
+    #[arg(long = "sink", value_name = "SINK", value_parser = parse_sink)]
+    sinks: Vec<Option<JsonLinesTarget>>,
+    /// Also publish each alert to this SNS topic (an ARN; a `.fifo` topic is FIFO). Alerts
+    /// wait in a spool under --state-dir until SNS accepts them.
+    #[arg(long, value_name = "ARN")]
+    sns_topic_arn: Option<String>,
+    /// Most notifications the SNS spool holds; more are dropped (counted and logged).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    sns_spool_max: usize,
+    /// At the end of a replay, how long to wait for SNS to accept what is spooled.
+    #[arg(long, default_value = "60s", value_parser = parse_duration_arg, value_name = "DURATION")]
+    sns_drain_timeout: i64,
+    /// Publish CloudWatch metrics in this namespace (default `Authwatch` when
+    /// --metrics-format is given).
+    #[arg(long, value_name = "NS")]
+    cloudwatch_namespace: Option<String>,
+    /// Time between metric publications.
+    #[arg(long, default_value = "60s", value_parser = parse_duration_arg, value_name = "DURATION")]
+    metrics_interval: i64,
+    /// `api` (PutMetricData) or `emf` (Embedded Metric Format lines, no API calls).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    metrics_format: Option<MetricsFormat>,
+    /// Where EMF lines go: a file (appended), or `-` for standard output (the default).
+    #[arg(long, value_name = "PATH")]
+    emf_output: Option<PathBuf>,
+}
+
+fn parse_sink(s: &str) -> Result<Option<JsonLinesTarget>, String> {
+    match s {
+        "stdout" | "-" => Ok(Some(JsonLinesTarget::Stdout)),
+        "none" => Ok(None),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(Some(JsonLinesTarget::File(PathBuf::from(p)))),
+            _ => Err(format!(
+                "`{s}` is not a sink: expected stdout, file:PATH or none (SNS and CloudWatch have their own flags: --sns-topic-arn, --cloudwatch-namespace)"
+            )),
+        },
+    }
+}
+
+/// The sinks of one run.
+struct Sinks {
+    lines: Vec<JsonLinesSink>,
+    sns: Option<SnsNotifier>,
+}
+
+impl Sinks {
+    fn all(&mut self) -> Vec<&mut dyn AlertSink> {
+        let mut v: Vec<&mut dyn AlertSink> = Vec::new();
+        for s in &mut self.lines {
+            v.push(s);
+        }
+        if let Some(s) = &mut self.sns {
+            v.push(s);
+        }
+        v
+    }
+
+    /// Closes every sink (SNS waits for its spool to drain); reports failures.
+    fn close(&mut self) -> Result<(), ExitCode> {
+        let mut ok = true;
+        for s in self.all() {
+            if let Err(e) = s.close() {
+                eprintln!("authwatch: {}: {e}", s.name());
+                ok = false;
+            }
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+impl SinkArgs {
+    /// Opens the alert sinks. `output` is the older `--output FILE`, a `file:` sink.
+    fn open(
+        &self,
+        output: Option<PathBuf>,
+        state_dir: &std::path::Path,
+        region: Option<String>,
+    ) -> Result<Sinks, ExitCode> {
+        let mut targets: Vec<JsonLinesTarget> = self.sinks.iter().flatten().cloned().collect();
+        targets.extend(output.map(JsonLinesTarget::File));
+        if self.sinks.is_empty() && targets.is_empty() {
+            targets.push(JsonLinesTarget::Stdout);
+        }
+        let mut lines = Vec::new();
+        for t in &targets {
+            lines.push(JsonLinesSink::open(t).map_err(|e| {
+                eprintln!("authwatch: opening {t:?}: {e}");
+                ExitCode::from(1)
+            })?);
+        }
+        let sns = match &self.sns_topic_arn {
+            None => None,
+            Some(arn) => {
+                if !arn.starts_with("arn:") {
+                    eprintln!("authwatch: --sns-topic-arn `{arn}` is not an ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)");
+                    return Err(ExitCode::from(2));
+                }
+                let config = SnsConfig {
+                    topic_arn: arn.clone(),
+                    spool_dir: state_dir.join("spool").join("sns"),
+                    spool_limits: SpoolLimits {
+                        max_messages: self.sns_spool_max.max(1),
+                        ..SpoolLimits::default()
+                    },
+                    region,
+                    drain_timeout: micros_to_duration(self.sns_drain_timeout),
+                };
+                Some(SnsNotifier::start(config).map_err(|e| {
+                    eprintln!(
+                        "authwatch: starting the SNS sink (spool in {}): {e}",
+                        state_dir.display()
+                    );
+                    ExitCode::from(1)
+                })?)
+            }
+        };
+        Ok(Sinks { lines, sns })
+    }
+
+    /// The metrics configuration, when metrics were asked for.
+    fn metrics(&self, region: Option<String>) -> Option<MetricsConfig> {
+        if self.cloudwatch_namespace.is_none() && self.metrics_format.is_none() {
+            return None;
+        }
+        Some(MetricsConfig {
+            namespace: self
+                .cloudwatch_namespace
+                .clone()
+                .unwrap_or_else(|| "Authwatch".into()),
+            interval: micros_to_duration(self.metrics_interval)
+                .max(std::time::Duration::from_secs(1)),
+            format: self.metrics_format.unwrap_or(MetricsFormat::Api),
+            emf_output: match &self.emf_output {
+                Some(p) if p.as_os_str() != "-" => JsonLinesTarget::File(p.clone()),
+                _ => JsonLinesTarget::Stdout,
+            },
+            region,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -128,7 +288,7 @@ struct RunArgs {
     /// Rule files or directories of *.yaml (repeatable; default: the bundled rules).
     #[arg(long = "rules", value_name = "PATH")]
     rules: Vec<PathBuf>,
-    /// Append alert lines to FILE instead of writing them to stdout.
+    /// Append alert lines to FILE (the same as `--sink file:FILE`).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
     /// How far behind the newest position each poll re-reads, for late deliveries.
@@ -160,6 +320,8 @@ struct RunArgs {
     /// Wait between retries after an authorization or missing-log-group error.
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     slow_retry: i64,
+    #[command(flatten)]
+    sink: SinkArgs,
 }
 
 #[derive(clap::Args)]
@@ -320,21 +482,16 @@ fn exit_on(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn open_alert_sink(output: Option<PathBuf>) -> Result<JsonLinesSink, ExitCode> {
-    let target = output.map_or(JsonLinesTarget::Stdout, JsonLinesTarget::File);
-    JsonLinesSink::open(&target).map_err(|e| {
-        eprintln!("authwatch: opening {target:?}: {e}");
-        ExitCode::from(1)
-    })
-}
-
 fn run_live(args: RunArgs) -> ExitCode {
     let rules = match load_rules(&args.rules) {
         Ok(r) => r,
         Err(code) => return code,
     };
     print_warnings(&rules);
-    let mut sink = match open_alert_sink(args.output) {
+    let mut sinks = match args
+        .sink
+        .open(args.output.clone(), &args.state_dir, args.region.clone())
+    {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -342,7 +499,7 @@ fn run_live(args: RunArgs) -> ExitCode {
     log_groups.extend(args.cluster.iter().map(|c| format!("/aws/eks/{c}/cluster")));
     let opts = authwatch::live::RunOptions {
         log_groups,
-        region: args.region,
+        region: args.region.clone(),
         lookback_ms: args.lookback / 1000,
         state_dir: args.state_dir,
         start_at: args.start_at,
@@ -352,8 +509,10 @@ fn run_live(args: RunArgs) -> ExitCode {
         rediscover_every: micros_to_duration(args.rediscover_interval),
         max_lateness: args.max_lateness,
         slow_retry: micros_to_duration(args.slow_retry),
+        metrics: args.sink.metrics(args.region.clone()),
     };
-    match authwatch::live::run(&opts, rules, &mut sink) {
+    let mut fanout = sinks::Fanout(sinks.all());
+    match authwatch::live::run(&opts, rules, &mut fanout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("authwatch: {e}");
@@ -380,21 +539,29 @@ fn replay_log_groups(args: ReplayArgs, rules: Vec<authwatch_rules::Rule>) -> Exi
             return ExitCode::from(2);
         }
     };
-    let mut sink = match open_alert_sink(args.output) {
+    let mut sinks = match args
+        .sink
+        .open(args.output.clone(), &args.state_dir, args.region.clone())
+    {
         Ok(s) => s,
         Err(code) => return code,
     };
     let opts = authwatch::live::RangeOptions {
         log_groups: args.log_group,
-        region: args.region,
+        region: args.region.clone(),
         start_ms,
         end_ms,
         api_rate: args.api_rate,
         max_lateness: args.max_lateness,
         cluster: args.cluster,
+        metrics: args.sink.metrics(args.region.clone()),
     };
-    match authwatch::live::replay_range(&opts, rules, &mut sink) {
+    let result = authwatch::live::replay_range(&opts, rules, &mut sinks::Fanout(sinks.all()));
+    match result {
         Ok(c) => {
+            if let Err(code) = sinks.close() {
+                return code;
+            }
             if !args.quiet {
                 eprintln!(
                     "authwatch: {} records, {} events, {} parse errors, {} alerts",
@@ -419,16 +586,12 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
     if !args.log_group.is_empty() {
         return replay_log_groups(args, rules);
     }
-    let target = args
-        .output
-        .clone()
-        .map_or(JsonLinesTarget::Stdout, JsonLinesTarget::File);
-    let mut sink = match JsonLinesSink::open(&target) {
+    let mut sinks = match args
+        .sink
+        .open(args.output.clone(), &args.state_dir, args.region.clone())
+    {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("authwatch: opening {target:?}: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let opts = ReplayOptions {
         inputs: args.inputs,
@@ -438,10 +601,14 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
         progress: !args.no_progress && !args.quiet,
         prefilter: !args.no_prefilter,
         threads: threads_or_cores(args.threads),
+        metrics: args.sink.metrics(args.region.clone()),
     };
-    let sinks: Vec<&mut dyn AlertSink> = vec![&mut sink];
-    match replay(&opts, rules, sinks) {
+    let result = replay(&opts, rules, sinks.all());
+    match result {
         Ok(summary) => {
+            if let Err(code) = sinks.close() {
+                return code;
+            }
             if !args.quiet {
                 eprint!("{}", summary.to_text());
             }
@@ -509,6 +676,7 @@ fn run_demo() -> ExitCode {
         progress: false,
         prefilter: true,
         threads: 1,
+        metrics: None,
     };
     match replay(&opts, rules, vec![&mut sink]) {
         Ok(summary) => {

@@ -3,14 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::Arc;
 
 use authwatch_event::event::check_structure;
 use authwatch_event::framing::FramingError;
-use authwatch_event::{visit_events, RawRecord};
+use authwatch_event::{cluster_from_log_group, visit_events, RawRecord};
 use authwatch_rules::{Alert, Engine, EngineStats, Matcher, Prefilter, Prepared};
 use serde::Serialize;
 
 use crate::input::Location;
+use crate::sinks::cloudwatch_metrics::{DeniedFact, MetricsPublisher, MetricsTally};
 use crate::sinks::AlertSink;
 
 /// How many parse-error samples a summary keeps.
@@ -73,6 +75,9 @@ pub enum Outcome {
     Event(Prepared),
     /// An event the prefilter ruled out (structure-checked, not decoded).
     Prefiltered,
+    /// What the metrics need of a decoded event (only when metrics are on; it follows the
+    /// event's own outcome).
+    Fact(EventFact),
     /// A record or event that could not be used.
     Error {
         /// Short reason.
@@ -84,12 +89,25 @@ pub enum Outcome {
     },
 }
 
+/// The facts about one event that metrics count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFact {
+    /// The cluster, from the log group.
+    pub cluster: Option<Arc<str>>,
+    /// The response code when it is 401 or 403, with the API server.
+    pub denied: Option<(u16, Option<String>)>,
+}
+
 /// The stateless stage: prefilter, decode, match. Cloned once per thread; the order of its
 /// outcomes is restored before they reach the engine.
 #[derive(Debug, Clone)]
 pub struct Worker {
     prefilter: Option<Prefilter>,
     matcher: Matcher,
+    /// Emit an [`Outcome::Fact`] per event (metrics are on).
+    facts: bool,
+    /// The last log group seen and its cluster, so a fact does not allocate per event.
+    cluster_cache: Option<(String, Option<Arc<str>>)>,
 }
 
 impl Worker {
@@ -125,21 +143,55 @@ impl Worker {
             }
         }
         let matcher = &mut self.matcher;
+        let facts = self.facts;
+        let cluster = if facts {
+            cached_cluster(&mut self.cluster_cache, record.log_group)
+        } else {
+            None
+        };
         visit_events(&record, &mut |ev| {
+            let mut fact = None;
             out.push(match ev {
                 Ok(view) if view.time.is_none() => Outcome::Error {
                     reason: "no_timestamp",
                     detail: "event has no usable time".into(),
                     location: loc.to_string(),
                 },
+                Ok(view) if facts => {
+                    let denied = match view.event.code() {
+                        Some(c @ (401 | 403)) => Some((c as u16, view.host.map(str::to_owned))),
+                        _ => None,
+                    };
+                    fact = Some(Outcome::Fact(EventFact {
+                        cluster: cluster.clone(),
+                        denied,
+                    }));
+                    Outcome::Event(matcher.prepare(&view))
+                }
                 Ok(view) => Outcome::Event(matcher.prepare(&view)),
                 Err(e) => Outcome::Error {
                     reason: e.reason(),
                     detail: e.to_string(),
                     location: loc.to_string(),
                 },
-            })
+            });
+            out.extend(fact);
         });
+    }
+}
+
+fn cached_cluster(
+    cache: &mut Option<(String, Option<Arc<str>>)>,
+    log_group: Option<&str>,
+) -> Option<Arc<str>> {
+    let group = log_group?;
+    match cache {
+        Some((g, c)) if g == group => c.clone(),
+        _ => {
+            let c: Option<Arc<str>> = cluster_from_log_group(group).map(Arc::from);
+            *cache = Some((group.to_owned(), c.clone()));
+            c
+        }
     }
 }
 
@@ -158,6 +210,14 @@ pub struct Pipeline<'s> {
     sinks: Vec<&'s mut dyn AlertSink>,
     alerts: Vec<Alert>,
     counters: Counters,
+    metrics: Option<Metrics>,
+}
+
+/// Metrics being counted, and where they go.
+struct Metrics {
+    tally: MetricsTally,
+    publisher: MetricsPublisher,
+    default_cluster: String,
 }
 
 impl<'s> Pipeline<'s> {
@@ -171,13 +231,32 @@ impl<'s> Pipeline<'s> {
             worker: Worker {
                 prefilter,
                 matcher: engine.matcher(),
+                facts: false,
+                cluster_cache: None,
             },
             outcomes: Vec::new(),
             engine,
             sinks,
             alerts: Vec::new(),
             counters: Counters::default(),
+            metrics: None,
         }
+    }
+
+    /// Counts metrics and hands them to `publisher` every interval. Metrics count every
+    /// 401/403, whatever the rules, so every record is decoded: this turns the prefilter
+    /// off. Call before [`Pipeline::worker`]. Counts whose log group names no cluster go to
+    /// `default_cluster`.
+    pub fn with_metrics(mut self, mut publisher: MetricsPublisher, default_cluster: &str) -> Self {
+        self.worker.prefilter = None;
+        self.worker.facts = true;
+        publisher.add_cluster(default_cluster);
+        self.metrics = Some(Metrics {
+            tally: MetricsTally::default(),
+            publisher,
+            default_cluster: default_cluster.to_owned(),
+        });
+        self
     }
 
     /// Takes one record (or the framing error in its place). Errors are sink failures.
@@ -209,23 +288,64 @@ impl<'s> Pipeline<'s> {
                 }
                 Outcome::Event(p) => {
                     self.counters.events_parsed += 1;
+                    if let Some(m) = &mut self.metrics {
+                        m.tally.newest_event = m.tally.newest_event.max(p.time());
+                    }
                     self.engine.accept(p, &mut self.alerts);
+                }
+                Outcome::Fact(f) => {
+                    if let Some(m) = &mut self.metrics {
+                        let cluster = f.cluster.as_deref().unwrap_or(&m.default_cluster);
+                        match m.tally.events.get_mut(cluster) {
+                            Some(n) => *n += 1,
+                            None => {
+                                m.tally.events.insert(cluster.to_owned(), 1);
+                            }
+                        }
+                        if let Some((code, host)) = f.denied {
+                            m.tally.denied(
+                                DeniedFact {
+                                    code,
+                                    host,
+                                    cluster: f.cluster.as_deref().map(str::to_owned),
+                                },
+                                &m.default_cluster,
+                            );
+                        }
+                    }
                 }
                 Outcome::Error {
                     reason,
                     detail,
                     location,
-                } => self.counters.parse_error(reason, detail, location),
+                } => {
+                    if let Some(m) = &mut self.metrics {
+                        m.tally.parse_errors += 1;
+                    }
+                    self.counters.parse_error(reason, detail, location)
+                }
             }
         }
-        self.deliver()
+        self.deliver()?;
+        self.publish_if_due()
+    }
+
+    /// Hands the metrics to the publisher when an interval has passed.
+    pub fn publish_if_due(&mut self) -> io::Result<()> {
+        if let Some(m) = &mut self.metrics {
+            if m.publisher.due() {
+                m.publisher.publish(std::mem::take(&mut m.tally))?;
+            }
+        }
+        Ok(())
     }
 
     /// A live source has read everything up to `t` (see [`Engine::advance_watermark`]):
     /// releases held matches up to there and delivers their alerts.
     pub fn advance_to(&mut self, t: authwatch_event::Micros) -> io::Result<()> {
         self.engine.advance_watermark(t, &mut self.alerts);
-        self.deliver()
+        self.deliver()?;
+        self.publish_if_due()
     }
 
     /// End of input: releases what the reorder buffer holds and flushes the sinks.
@@ -235,11 +355,22 @@ impl<'s> Pipeline<'s> {
         for s in &mut self.sinks {
             s.flush()?;
         }
+        if let Some(m) = &mut self.metrics {
+            m.publisher.close(std::mem::take(&mut m.tally))?;
+        }
         Ok(())
     }
 
     fn deliver(&mut self) -> io::Result<()> {
         for alert in self.alerts.drain(..) {
+            if let Some(m) = &mut self.metrics {
+                m.tally.alert(
+                    alert.cluster.as_deref(),
+                    &alert.rule,
+                    alert.severity.as_str(),
+                    &m.default_cluster,
+                );
+            }
             for s in &mut self.sinks {
                 s.deliver(&alert)
                     .map_err(|e| io::Error::new(e.kind(), format!("sink {}: {e}", s.name())))?;

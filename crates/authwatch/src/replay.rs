@@ -17,6 +17,7 @@ use authwatch_event::RawRecord;
 
 use crate::input::{plan, FormatChoice, InputError, Location, Plan};
 use crate::pipeline::{Outcome, Pipeline};
+use crate::sinks::cloudwatch_metrics::{MetricsConfig, MetricsPublisher, UNKNOWN_CLUSTER};
 use crate::sinks::AlertSink;
 use crate::summary::Summary;
 
@@ -38,6 +39,8 @@ pub struct ReplayOptions {
     /// Threads that decode and match (the reader and the engine have one each besides);
     /// 1 runs everything on the calling thread.
     pub threads: usize,
+    /// Publish CloudWatch metrics (turns the prefilter off: every 401/403 is counted).
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Why a replay failed; [`ReplayError::exit_code`] maps it to the process status.
@@ -91,6 +94,11 @@ fn run_plan(
         },
     );
     let mut pipeline = Pipeline::new(engine, sinks, opts.prefilter);
+    if let Some(config) = &opts.metrics {
+        let publisher = MetricsPublisher::start(config.clone()).map_err(ReplayError::Output)?;
+        let cluster = opts.cluster.as_deref().unwrap_or(UNKNOWN_CLUSTER);
+        pipeline = pipeline.with_metrics(publisher, cluster);
+    }
     let bytes = Arc::new(AtomicU64::new(0));
     let bar =
         (opts.progress && std::io::stderr().is_terminal()).then(|| progress_bar(plan.total_bytes));

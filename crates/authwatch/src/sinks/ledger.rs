@@ -167,4 +167,11 @@ impl AlertSink for LedgerSink<'_> {
         }
         Ok(())
     }
+
+    fn close(&mut self) -> io::Result<()> {
+        for s in &mut self.inner {
+            s.close()?;
+        }
+        Ok(())
+    }
 }

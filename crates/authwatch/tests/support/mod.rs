@@ -433,7 +433,7 @@ fn start_proxy(
     (addr, stats, stop)
 }
 
-fn read_http_message(s: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+pub fn read_http_message(s: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
     let header_end = loop {
