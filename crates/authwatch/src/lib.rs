@@ -3,6 +3,7 @@
 //! Decoding lives in `authwatch-event` and detection in `authwatch-rules`; this crate wires
 //! them to files, standard input and outputs.
 
+pub mod alarms;
 pub mod demo;
 pub mod generate;
 pub mod input;
