@@ -116,6 +116,23 @@ pub struct LogGroupReader {
     seen: HashSet<String>,
     seen_by_time: BTreeSet<(i64, String)>,
     calls: u64,
+    call_outcomes: CallOutcomes,
+}
+
+/// API calls made, by (operation, outcome): `ok`, `throttled`, `transient_error`,
+/// `unauthorized`, `not_found`, `rejected`.
+pub type CallOutcomes = std::collections::BTreeMap<(&'static str, &'static str), u64>;
+
+fn outcome_of(err: &ErrorClass) -> &'static str {
+    match err {
+        ErrorClass::Transient(d) if d.contains("Throttl") || d.contains("TooManyRequests") => {
+            "throttled"
+        }
+        ErrorClass::Transient(_) => "transient_error",
+        ErrorClass::Unauthorized(_) => "unauthorized",
+        ErrorClass::NotFound(_) => "not_found",
+        ErrorClass::Permanent(_) => "rejected",
+    }
 }
 
 impl LogGroupReader {
@@ -138,6 +155,7 @@ impl LogGroupReader {
             seen: HashSet::new(),
             seen_by_time: BTreeSet::new(),
             calls: 0,
+            call_outcomes: CallOutcomes::new(),
         }
     }
 
@@ -159,6 +177,11 @@ impl LogGroupReader {
     /// API calls made so far (including retries).
     pub fn calls(&self) -> u64 {
         self.calls
+    }
+
+    /// API calls made so far, by operation and outcome.
+    pub fn call_outcomes(&self) -> &CallOutcomes {
+        &self.call_outcomes
     }
 
     /// Reads one pass up to `until_ms` (at most `max_pass_span_ms` beyond the position).
@@ -230,6 +253,7 @@ impl LogGroupReader {
                 &self.bucket,
                 &self.config.retry,
                 &mut self.calls,
+                &mut self.call_outcomes,
                 "DescribeLogStreams",
                 &self.config.log_group,
                 || {
@@ -294,6 +318,7 @@ impl LogGroupReader {
                 &self.bucket,
                 &self.config.retry,
                 &mut self.calls,
+                &mut self.call_outcomes,
                 "FilterLogEvents",
                 &self.config.log_group,
                 || {
@@ -338,6 +363,7 @@ async fn call<T, E, F, Fut>(
     bucket: &TokenBucket,
     policy: &RetryPolicy,
     calls: &mut u64,
+    outcomes: &mut CallOutcomes,
     operation: &'static str,
     log_group: &str,
     mut f: F,
@@ -356,6 +382,7 @@ where
         *calls += 1;
         let err = match f().await {
             Ok(v) => {
+                *outcomes.entry((operation, "ok")).or_default() += 1;
                 if last_reported.is_some() {
                     eprintln!("authwatch: {operation} on {log_group}: working again");
                 }
@@ -363,6 +390,7 @@ where
             }
             Err(e) => classify(&e),
         };
+        *outcomes.entry((operation, outcome_of(&err))).or_default() += 1;
         let wait = if err.is_transient() {
             let d = backoff.next_delay();
             // Say so once a problem persists, not on every throttled call.

@@ -345,9 +345,9 @@ fn planted_attack_becomes_metrics_then_alarm_then_an_sns_message_in_sqs() {
             "--namespace",
             &namespace,
             "--period",
-            "10s",
+            "30s",
             "--denied-period",
-            "10s",
+            "30s",
             "--denied-threshold",
             "5",
         ],
@@ -364,7 +364,7 @@ fn planted_attack_becomes_metrics_then_alarm_then_an_sns_message_in_sqs() {
             .namespace(&namespace)
             .metric_name(metric)
             .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
-            .period(10)
+            .period(30)
             .evaluation_periods(1)
             .threshold(0.0)
             .comparison_operator(
@@ -463,7 +463,11 @@ fn planted_attack_becomes_metrics_then_alarm_then_an_sns_message_in_sqs() {
     // The alarms go to ALARM on those metrics; the state reason carries the sums.
     let prefix = format!("authwatch-{cluster}-");
     let mut states = Vec::new();
-    let fired = wait_until(Duration::from_secs(90), || {
+    // 30 s periods: LocalStack evaluates each alarm once per period over the last period, so
+    // the counts (sent once, at the end of the replay) stay in its window for a whole
+    // evaluation cycle; with 10 s periods a busy machine could evaluate just before and just
+    // after and see nothing.
+    let fired = wait_until(Duration::from_secs(120), || {
         states = aws.alarms(&prefix);
         states.len() == 2
             && states
@@ -507,7 +511,7 @@ fn planted_attack_becomes_metrics_then_alarm_then_an_sns_message_in_sqs() {
     let rule_alarm = data(&format!("{prefix}denied-by-source-ip"));
     assert_eq!(rule_alarm["recentDatapoints"][0], 1.0, "{rule_alarm}");
     let mut probes = Vec::new();
-    let evaluated = wait_until(Duration::from_secs(60), || {
+    let evaluated = wait_until(Duration::from_secs(120), || {
         probes = aws.alarms(&probe_prefix);
         probes.len() == 2
             && probes

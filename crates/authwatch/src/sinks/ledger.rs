@@ -174,4 +174,10 @@ impl AlertSink for LedgerSink<'_> {
         }
         Ok(())
     }
+
+    fn figures(&self, out: &mut std::collections::BTreeMap<String, super::SinkFigures>) {
+        for s in &self.inner {
+            s.figures(out);
+        }
+    }
 }

@@ -264,6 +264,18 @@ impl AlertSink for SnsNotifier {
         Ok(())
     }
 
+    fn pending(&self) -> u64 {
+        self.spool.len() as u64
+    }
+
+    fn dropped(&self) -> u64 {
+        self.spool.overflowed() + self.spool.rejected()
+    }
+
+    fn failed_attempts(&self) -> u64 {
+        self.stats.failed_attempts.load(Ordering::Relaxed)
+    }
+
     /// Waits up to the drain timeout for the spool to empty. What is left stays on disk for
     /// the next run; that is reported as an error so that a one-off replay does not look
     /// delivered when it is not.

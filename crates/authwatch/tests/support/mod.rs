@@ -239,6 +239,8 @@ pub fn start_run(
                 ("--rediscover-interval", "2s"),
                 ("--api-rate", "20"),
                 ("--max-lateness", "0s"),
+                // Tests run in parallel: no shared default port.
+                ("--http-addr", "off"),
             ]
             .iter()
             // `extra` overrides a default.
