@@ -285,7 +285,7 @@ impl LogGroupReader {
         names.dedup();
         let added: Vec<&String> = names.iter().filter(|n| !self.streams.contains(n)).collect();
         if !added.is_empty() && self.discovered_at.is_some() {
-            eprintln!(
+            tracing::warn!(
                 "authwatch: {}: new audit stream(s): {}",
                 self.config.log_group,
                 added
@@ -384,7 +384,7 @@ where
             Ok(v) => {
                 *outcomes.entry((operation, "ok")).or_default() += 1;
                 if last_reported.is_some() {
-                    eprintln!("authwatch: {operation} on {log_group}: working again");
+                    tracing::warn!("authwatch: {operation} on {log_group}: working again");
                 }
                 return Ok(v);
             }
@@ -395,7 +395,7 @@ where
             let d = backoff.next_delay();
             // Say so once a problem persists, not on every throttled call.
             if backoff.attempts() == 5 {
-                eprintln!(
+                tracing::warn!(
                     "authwatch: {operation} on {log_group}: still failing after 5 attempts, retrying with backoff: {}",
                     err.detail()
                 );
@@ -413,7 +413,7 @@ where
                 .as_ref()
                 .is_some_and(|l| std::mem::discriminant(l) == std::mem::discriminant(&err));
             if !same_kind {
-                eprintln!(
+                tracing::warn!(
                     "authwatch: {operation} on {log_group}: {}; retrying every {}s",
                     explain(operation, log_group, &err),
                     policy.slow_retry.as_secs()

@@ -210,7 +210,7 @@ async fn run_async(
             CorruptStatePolicy::Rebuild => {
                 let aside = store.path().with_extension(format!("corrupt-{now}"));
                 std::fs::rename(store.path(), &aside)?;
-                eprintln!(
+                tracing::warn!(
                     "authwatch: {e}; moved to {} and rebuilding from the look-back ({}s): alerts of that period may be delivered again",
                     aside.display(),
                     opts.lookback_ms / 1000
@@ -251,7 +251,7 @@ async fn run_async(
             }
         });
         let from = pos.floor_ms.max(pos.position_ms - horizon_ms);
-        eprintln!(
+        tracing::info!(
             "authwatch run: {g}: position {}, reading from {} (state in {})",
             format_millis(pos.position_ms * 1000),
             format_millis(from * 1000),
@@ -292,7 +292,7 @@ async fn run_async(
     lock(&service).state_loaded();
     if let Some(addr) = opts.http_addr {
         let bound = crate::service::serve(addr, service.clone())?;
-        eprintln!("authwatch run: serving /healthz /readyz /metrics on http://{bound}");
+        tracing::info!("authwatch run: serving /healthz /readyz /metrics on http://{bound}");
     }
     let mut shutdown = std::pin::pin!(shutdown_signal());
 
@@ -325,7 +325,7 @@ async fn run_async(
             let pass = tokio::select! {
                 biased;
                 signal = &mut shutdown => {
-                    eprintln!("authwatch run: {signal}: stopping");
+                    tracing::info!("authwatch run: {signal}: stopping");
                     break 'run;
                 }
                 pass = reader.pass(until) => pass?,
@@ -399,7 +399,7 @@ async fn run_async(
             tokio::select! {
                 biased;
                 signal = &mut shutdown => {
-                    eprintln!("authwatch run: {signal}: stopping");
+                    tracing::info!("authwatch run: {signal}: stopping");
                     break 'run;
                 }
                 () = tokio::time::sleep(opts.poll_interval) => {}
@@ -411,7 +411,7 @@ async fn run_async(
     pipeline.stop()?;
     drop(pipeline);
     store.save(&checkpoint)?;
-    eprintln!(
+    tracing::info!(
         "authwatch run: stopped; state in {}",
         opts.state_dir.display()
     );

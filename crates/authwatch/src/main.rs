@@ -27,8 +27,39 @@ use clap::{Parser, Subcommand};
     about = "Alarm on piling-up 401/403 responses in Kubernetes (EKS) audit logs, and say which host, source IPs and user they come from."
 )]
 struct Cli {
+    /// Log lines on stderr as `text` or `json` (one object per line, for log collectors);
+    /// levels from RUST_LOG (default info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "AUTHWATCH_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs through `tracing` on stderr; colours only on a terminal.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 #[derive(Subcommand)]
@@ -497,6 +528,7 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args.clone());
+    init_logs(cli.log_format);
     if let Command::Config(ConfigCommand::Check(run)) = cli.command {
         return config_check(*run, &args, &origins);
     }

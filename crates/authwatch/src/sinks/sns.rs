@@ -181,7 +181,7 @@ impl SnsNotifier {
     pub fn start(config: SnsConfig) -> io::Result<SnsNotifier> {
         let spool = Arc::new(Spool::open(&config.spool_dir, config.spool_limits)?);
         if !spool.is_empty() {
-            eprintln!(
+            tracing::info!(
                 "authwatch: sns: {} notification(s) left in {} by an earlier run will be sent first",
                 spool.len(),
                 spool.dir().display()
@@ -246,7 +246,7 @@ impl AlertSink for SnsNotifier {
             Pushed::Overflow => {
                 // Counted and logged; the other sinks still get the alert, and detection goes
                 // on (a full spool means SNS has been failing for a long time).
-                eprintln!(
+                tracing::error!(
                     "authwatch: sns: spool {} is full ({} waiting); notification for alert {} (rule {}) dropped; {} dropped so far",
                     self.spool.dir().display(),
                     self.spool.len(),
@@ -334,7 +334,7 @@ impl Delivery {
         {
             Ok(rt) => rt,
             Err(e) => {
-                eprintln!("authwatch: sns: cannot start the delivery runtime: {e}");
+                tracing::warn!("authwatch: sns: cannot start the delivery runtime: {e}");
                 return;
             }
         };
@@ -360,7 +360,7 @@ impl Delivery {
             {
                 Ok(b) => b,
                 Err(e) => {
-                    eprintln!("authwatch: sns: reading the spool: {e}");
+                    tracing::warn!("authwatch: sns: reading the spool: {e}");
                     self.sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -384,7 +384,7 @@ impl Delivery {
                     // One line per 30 s at most while SNS keeps failing.
                     if last_report.elapsed() >= Duration::from_secs(30) {
                         last_report = Instant::now();
-                        eprintln!(
+                        tracing::warn!(
                             "authwatch: sns: publish to {} failed ({}); {} notification(s) spooled, retrying",
                             self.topic_arn,
                             class.detail(),
@@ -522,18 +522,18 @@ impl Delivery {
         if let Err(e) = self.spool.remove(seq) {
             // It stays on disk and would be sent again by the next run: a duplicate, with
             // the same alert id, rather than a loss.
-            eprintln!("authwatch: sns: removing a delivered message from the spool: {e}");
+            tracing::warn!("authwatch: sns: removing a delivered message from the spool: {e}");
         }
     }
 
     fn set_aside(&self, seq: u64, why: &str) {
         match self.spool.reject(seq) {
-            Ok(path) => eprintln!(
+            Ok(path) => tracing::warn!(
                 "authwatch: sns: SNS will not accept notification {} ({why}); moved to {}",
                 seq,
                 path.display()
             ),
-            Err(e) => eprintln!(
+            Err(e) => tracing::warn!(
                 "authwatch: sns: SNS will not accept notification {seq} ({why}), and moving it aside failed: {e}"
             ),
         }
