@@ -282,6 +282,8 @@ async fn run_async(
     )?));
     store.save(&checkpoint)?;
     let mut state_writes = 1u64;
+    let mut state_write_failures = 0u64;
+    let mut state_failing: Option<std::time::Instant> = None;
 
     // Readiness: every group read within three poll intervals (plus the time a pass of a
     // busy group may take).
@@ -376,9 +378,33 @@ async fn run_async(
             )?;
             // Alerts of this pass are delivered (and journalled): the position may move.
             checkpoint.sent_alerts = ledger.borrow_mut().prune_and_snapshot(oldest - horizon_ms);
-            store.save(&checkpoint)?;
-            state_writes += 1;
-            ledger.borrow_mut().clear_journal()?;
+            // A state directory that cannot be written (full disk, read-only volume) must
+            // not blind the watcher: say so, count it, and keep alerting. Nothing is lost:
+            // the position on disk stays where it was, so a restart re-reads from there.
+            match store.save(&checkpoint) {
+                Ok(()) => {
+                    state_writes += 1;
+                    if state_failing.take().is_some() {
+                        tracing::info!("authwatch run: state writes work again");
+                    }
+                    if let Err(e) = ledger.borrow_mut().clear_journal() {
+                        tracing::warn!("authwatch run: emptying the sent-alert journal: {e}");
+                    }
+                }
+                Err(e) => {
+                    state_write_failures += 1;
+                    if state_failing
+                        .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(60))
+                    {
+                        state_failing = Some(std::time::Instant::now());
+                        tracing::error!(
+                            "authwatch run: cannot write the state in {} ({e}); still reading and alerting, but a restart would re-read from the last saved position ({} failed writes so far)",
+                            opts.state_dir.display(),
+                            state_write_failures
+                        );
+                    }
+                }
+            }
         }
         let mut api_calls: BTreeMap<(String, String), u64> = BTreeMap::new();
         for r in &readers {
@@ -393,7 +419,7 @@ async fn run_async(
             api_calls,
             &records_by_group,
             &newest_by_group,
-            state_writes,
+            (state_writes, state_write_failures),
         ));
         if caught_up {
             tokio::select! {
@@ -410,7 +436,9 @@ async fn run_async(
     // the last metrics, and write the state once more.
     pipeline.stop()?;
     drop(pipeline);
-    store.save(&checkpoint)?;
+    if let Err(e) = store.save(&checkpoint) {
+        tracing::error!("authwatch run: writing the state at shutdown: {e}");
+    }
     tracing::info!(
         "authwatch run: stopped; state in {}",
         opts.state_dir.display()
@@ -453,7 +481,7 @@ fn snapshot(
     api_calls: BTreeMap<(String, String), u64>,
     records: &BTreeMap<String, u64>,
     newest: &BTreeMap<String, i64>,
-    state_writes: u64,
+    (state_writes, state_write_failures): (u64, u64),
 ) -> crate::service::Snapshot {
     let c = pipeline.counters();
     let e = pipeline.engine_stats();
@@ -485,7 +513,7 @@ fn snapshot(
         active_keys: pipeline.active_keys() as u64,
         evicted_keys: e.evicted_keys.clone(),
         state_writes,
-        state_write_failures: 0,
+        state_write_failures,
     }
 }
 

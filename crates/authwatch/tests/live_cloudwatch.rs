@@ -683,3 +683,81 @@ fn sigterm_stops_cleanly_with_state_and_alerts_and_http_shows_health_and_metrics
     unique_ids(&got);
     assert_eq!(got.len(), 2, "{got:#?}\n{}", again.stderr_text());
 }
+
+#[test]
+fn a_state_dir_that_cannot_be_written_is_reported_and_alerting_goes_on() {
+    let Some(ep) = emulator() else { return };
+    let emu = Emu::new(&ep);
+    let g = group_with_streams(&emu, "rofs", &[S1]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.jsonl");
+    let state = dir.path().join("state");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut run = start_run(&ep, &g, &state, &out, &["--http-addr", &addr]);
+    let t0 = now_ms() - 10_000;
+    emu.put(
+        &g,
+        S1,
+        &attack("rofs-a", 20, t0, 100, "203.0.113.81", "amy"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || alerts(&out).len() >= 2),
+        "{}",
+        run.stderr_text()
+    );
+    // The checkpoint can no longer be written (its temporary file's name is taken by a
+    // directory: the same failure as a full or read-only volume, even for root).
+    let blocker = state.join("checkpoint.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let saved = std::fs::read_to_string(state.join("checkpoint.json")).unwrap();
+    emu.put(
+        &g,
+        S1,
+        &attack("rofs-b", 20, now_ms(), 50, "203.0.113.82", "bob"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || alerts(&out).len() >= 4),
+        "alerting stopped; stderr:\n{}",
+        run.stderr_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || run
+            .stderr_text()
+            .contains("cannot write the state")),
+        "{}",
+        run.stderr_text()
+    );
+    assert!(run.child.try_wait().unwrap().is_none(), "the run exited");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("authwatch_state_write_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(failures >= 1, "{metrics}");
+    assert_eq!(
+        std::fs::read_to_string(state.join("checkpoint.json")).unwrap(),
+        saved,
+        "the last good state must stay as it was"
+    );
+    // The volume comes back: writes resume and the position moves on.
+    std::fs::remove_dir(&blocker).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || run
+            .stderr_text()
+            .contains("state writes work again")),
+        "{}",
+        run.stderr_text()
+    );
+    assert_ne!(
+        std::fs::read_to_string(state.join("checkpoint.json")).unwrap(),
+        saved
+    );
+    run.kill9();
+    unique_ids(&alerts(&out));
+}

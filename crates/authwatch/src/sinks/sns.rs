@@ -173,6 +173,7 @@ pub struct SnsNotifier {
     abort: Arc<AtomicBool>,
     done: Option<mpsc::Receiver<()>>,
     drain_timeout: Duration,
+    unspooled: u64,
 }
 
 impl SnsNotifier {
@@ -214,6 +215,7 @@ impl SnsNotifier {
             abort,
             done: Some(rx),
             drain_timeout: config.drain_timeout,
+            unspooled: 0,
         })
     }
 
@@ -241,7 +243,23 @@ impl AlertSink for SnsNotifier {
     fn deliver(&mut self, alert: &Alert) -> io::Result<()> {
         let msg = SnsMessage::from_alert(alert);
         let body = serde_json::to_vec(&msg).map_err(io::Error::other)?;
-        match self.spool.push(&body)? {
+        let pushed = match self.spool.push(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                // The state directory cannot be written (full, read-only): this notification
+                // cannot be kept. Counted and logged; detection and the other sinks go on.
+                self.unspooled += 1;
+                tracing::error!(
+                    "authwatch: sns: cannot spool the notification for alert {} (rule {}) in {}: {e}; dropped ({} so far)",
+                    alert.alert_id,
+                    clean(&alert.rule, 100),
+                    self.spool.dir().display(),
+                    self.unspooled
+                );
+                return Ok(());
+            }
+        };
+        match pushed {
             Pushed::Spooled(_) => Ok(()),
             Pushed::Overflow => {
                 // Counted and logged; the other sinks still get the alert, and detection goes
@@ -269,7 +287,7 @@ impl AlertSink for SnsNotifier {
     }
 
     fn dropped(&self) -> u64 {
-        self.spool.overflowed() + self.spool.rejected()
+        self.spool.overflowed() + self.spool.rejected() + self.unspooled
     }
 
     fn failed_attempts(&self) -> u64 {
