@@ -587,12 +587,7 @@ fn sigterm_stops_cleanly_with_state_and_alerts_and_http_shows_health_and_metrics
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("alerts.jsonl");
     let state = dir.path().join("state");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let t0 = now_ms() - 30_000;
     let a = attack("sigterm", 22, t0, 200, "203.0.113.77", "oscar");
     emu.put(&g, S1, &a);
@@ -636,24 +631,10 @@ fn sigterm_stops_cleanly_with_state_and_alerts_and_http_shows_health_and_metrics
         );
     }
 
-    let pid = run.child.id().to_string();
-    let started = std::time::Instant::now();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = loop {
-        if let Some(s) = run.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM; stderr:\n{}",
-            run.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let stderr_path = run.stderr.clone();
+    let status = sigterm_and_wait(&mut run.child, Duration::from_secs(10), || {
+        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+    });
     assert_eq!(status.code(), Some(0), "stderr:\n{}", run.stderr_text());
     assert!(
         run.stderr_text().contains("SIGTERM: stopping"),
@@ -692,12 +673,7 @@ fn a_state_dir_that_cannot_be_written_is_reported_and_alerting_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("alerts.jsonl");
     let state = dir.path().join("state");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let mut run = start_run(&ep, &g, &state, &out, &["--http-addr", &addr]);
     let t0 = now_ms() - 10_000;
     emu.put(

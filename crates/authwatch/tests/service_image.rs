@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
@@ -251,12 +251,7 @@ fn runs_as_the_image_entrypoint_unprivileged_writing_only_its_state_dir() {
     if root_user {
         std::os::unix::fs::chown(&state, Some(uid), Some(uid)).unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     // The image's example config, pointed at the test's log group, state dir and port.
     let example = std::fs::read_to_string(repo().join("docker/authwatch.yaml")).unwrap();
     let config = example
@@ -327,19 +322,7 @@ fn runs_as_the_image_entrypoint_unprivileged_writing_only_its_state_dir() {
         .success()),
         "healthcheck failed"
     );
-    let started = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{}", stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(10), stderr);
     assert_eq!(status.code(), Some(0), "{}", stderr());
     assert!(state.join("checkpoint.json").exists());
 

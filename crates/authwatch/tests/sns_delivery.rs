@@ -29,15 +29,7 @@ impl Aws {
             .enable_all()
             .build()
             .unwrap();
-        let conf = rt.block_on(
-            aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .endpoint_url(endpoint)
-                .region(aws_config::Region::new("us-east-1"))
-                .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                    "test", "test", None, None, "static",
-                ))
-                .load(),
-        );
+        let conf = sdk_conf(&rt, endpoint);
         Aws {
             sns: aws_sdk_sns::Client::new(&conf),
             sqs: aws_sdk_sqs::Client::new(&conf),

@@ -561,35 +561,9 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use authwatch_rules::alert::Group;
-    use authwatch_rules::rule::Severity;
-    use std::collections::BTreeMap;
 
     fn alert(key: &str) -> Alert {
-        Alert {
-            rule: "denied-by-source-ip".into(),
-            severity: Severity::High,
-            group: Group(vec![("sourceIPs".into(), key.into())]),
-            count: 47,
-            threshold: 20,
-            window_seconds: 300,
-            window_start: 0,
-            window_end: 300_000_000,
-            codes: BTreeMap::from([("403".into(), 47)]),
-            sample_audit_ids: vec![],
-            hosts: vec![],
-            users: vec![key.into()],
-            verbs: BTreeMap::new(),
-            cluster: Some("prod".into()),
-            alert_id: "00ff".into(),
-            kind: "threshold",
-            description: String::new(),
-            distinct_count: None,
-            distinct_sample: None,
-            baseline_count: None,
-            ratio: None,
-            evicted_keys: None,
-        }
+        crate::sinks::notification::tests::alert_with(key, key)
     }
 
     #[test]
