@@ -41,6 +41,9 @@ enum Command {
     /// Check rule files, or run their tests.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Where do denied requests come from: top offenders, timelines, drill-down (text, JSON,
+    /// CSV, HTML).
+    Investigate(authwatch::investigate::InvestigateArgs),
 }
 
 #[derive(Subcommand)]
@@ -218,6 +221,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => exit_on(run_generate(args)),
         Command::Rules(RulesCommand::Check { paths }) => rules_check(&paths),
         Command::Rules(RulesCommand::Test { paths }) => rules_test(&paths),
+        Command::Investigate(args) => authwatch::investigate::main(args),
     }
 }
 
