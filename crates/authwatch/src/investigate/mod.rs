@@ -91,6 +91,28 @@ pub struct InvestigateArgs {
     pub cluster: Option<String>,
 }
 
+#[derive(clap::Parser)]
+#[command(name = "investigate")]
+struct Standalone {
+    #[command(flatten)]
+    args: InvestigateArgs,
+}
+
+impl InvestigateArgs {
+    /// Parses arguments as `authwatch investigate` takes them (without the command name), for
+    /// tests and embedding.
+    pub fn parse_args<I, T>(args: I) -> Result<InvestigateArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser as _;
+        let argv = std::iter::once(std::ffi::OsString::from("investigate"))
+            .chain(args.into_iter().map(Into::into));
+        Standalone::try_parse_from(argv).map(|s| s.args)
+    }
+}
+
 fn parse_input_format(s: &str) -> Result<FormatChoice, String> {
     if s == "auto" {
         return Ok(FormatChoice::Auto);
