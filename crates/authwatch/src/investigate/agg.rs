@@ -411,6 +411,28 @@ pub fn clean(s: &str) -> String {
         .collect()
 }
 
+/// An alert with every value that came from an event cleaned (see [`clean`]).
+pub fn clean_alert(mut a: Alert) -> Alert {
+    for (_, v) in &mut a.group.0 {
+        *v = clean(v);
+    }
+    for list in [&mut a.sample_audit_ids, &mut a.hosts, &mut a.users] {
+        for v in list.iter_mut() {
+            *v = clean(v);
+        }
+    }
+    a.verbs = std::mem::take(&mut a.verbs)
+        .into_iter()
+        .map(|(k, n)| (clean(&k), n))
+        .collect();
+    if let Some(d) = &mut a.distinct_sample {
+        for v in d.iter_mut() {
+            *v = clean(v);
+        }
+    }
+    a
+}
+
 /// What the caller knows that the aggregation does not.
 #[derive(Debug, Clone, Default)]
 pub struct ReportHead {

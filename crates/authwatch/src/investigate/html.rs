@@ -194,7 +194,7 @@ fn dimension(i: usize, d: &DimReport, r: &Report) -> Markup {
     let table_id = format!("dim-{i}");
     let max = d.values.iter().map(|v| v.count).max().unwrap_or(0).max(1) as f64;
     let row_h = 20.0;
-    let (w, label_w) = (360.0f64, 150.0f64);
+    let (w, label_w) = (400.0f64, 190.0f64);
     let h = row_h * d.values.len() as f64 + 4.0;
     html! {
         section.dim id=(format!("section-{}", d.name)) {
@@ -208,7 +208,7 @@ fn dimension(i: usize, d: &DimReport, r: &Report) -> Markup {
                     @for (j, v) in d.values.iter().enumerate() {
                         @let y = j as f64 * row_h + 2.0;
                         @let bw = (v.count as f64 / max * (w - label_w - 50.0)).max(1.0);
-                        text x=(label_w - 4.0) y=(y + 14.0) text-anchor="end" { (cut(&v.value, 24)) }
+                        text x=(label_w - 4.0) y=(y + 14.0) text-anchor="end" { (cut(&v.value, 26)) }
                         rect.bar x=(label_w) y=(y + 3.0) width=(fmt(bw)) height=(row_h - 6.0) fill="#0969da" { title { (v.value) ": " (v.count) } }
                         text x=(label_w + bw + 4.0) y=(y + 14.0) { (v.count) }
                     }

@@ -313,7 +313,7 @@ pub fn investigate(args: &InvestigateArgs) -> Result<agg::Report, InvestigateErr
         .map_err(|e| InvestigateError::Io(e.to_string()))?;
     let counters = pipeline.counters().clone();
     drop(pipeline);
-    let mut alerts = collect.alerts;
+    let mut alerts: Vec<Alert> = collect.alerts.into_iter().map(agg::clean_alert).collect();
     if let Some(k) = &key {
         alerts.retain(|a| a.group.0.iter().any(|(_, v)| *v == k.value));
     }
