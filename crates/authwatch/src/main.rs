@@ -34,6 +34,9 @@ enum Command {
     Replay(ReplayArgs),
     /// Replay the bundled sample export with the bundled rules (no AWS account needed).
     Demo,
+    /// Where do denied requests come from: top offenders, timelines, drill-down (text, JSON,
+    /// CSV, HTML).
+    Investigate(authwatch::investigate::InvestigateArgs),
     /// Write a synthetic EKS audit data set with planted attacks.
     Generate(GenerateArgs),
     /// Follow EKS audit logs in CloudWatch Logs and alert as they arrive (runs until killed).
@@ -41,9 +44,6 @@ enum Command {
     /// Check rule files, or run their tests.
     #[command(subcommand)]
     Rules(RulesCommand),
-    /// Where do denied requests come from: top offenders, timelines, drill-down (text, JSON,
-    /// CSV, HTML).
-    Investigate(authwatch::investigate::InvestigateArgs),
 }
 
 #[derive(Subcommand)]
@@ -217,11 +217,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Replay(args) => run_replay(args),
         Command::Demo => run_demo(),
+        Command::Investigate(args) => authwatch::investigate::main(args),
         Command::Run(args) => run_live(args),
         Command::Generate(args) => exit_on(run_generate(args)),
         Command::Rules(RulesCommand::Check { paths }) => rules_check(&paths),
         Command::Rules(RulesCommand::Test { paths }) => rules_test(&paths),
-        Command::Investigate(args) => authwatch::investigate::main(args),
     }
 }
 
