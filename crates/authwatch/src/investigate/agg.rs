@@ -24,8 +24,11 @@ const MAX_SLOTS: i64 = 4096;
 const TARGET_BUCKETS: i64 = 48;
 
 /// A request logged twice (stages, overlapping exports) counts once if its copies are at
-/// most this far apart in event time.
+/// most this far apart in event time (shortened when more than [`DEDUP_CAP`] IDs fall in it).
 pub const DEDUP_HORIZON: Micros = 3600 * SEC;
+
+/// At most this many auditIDs are remembered for de-duplication (about 40 MB).
+pub const DEDUP_CAP: usize = 1 << 20;
 
 /// `sourceIPs` longer than this count toward the first entries and the last (as the engine).
 const MAX_FANOUT: usize = 16;
@@ -146,6 +149,7 @@ pub struct Aggregator {
     duplicates: u64,
     seen: HashMap<u64, Micros>,
     prune_at: usize,
+    dedup_horizon: Micros,
     first_ids: Vec<String>,
     last_ids: VecDeque<String>,
     all_addresses: BigHll,
@@ -172,6 +176,7 @@ impl Aggregator {
             duplicates: 0,
             seen: HashMap::new(),
             prune_at: 1 << 16,
+            dedup_horizon: DEDUP_HORIZON,
             first_ids: Vec::new(),
             last_ids: VecDeque::new(),
             all_addresses: BigHll::default(),
@@ -188,9 +193,18 @@ impl Aggregator {
                 return;
             }
             if self.seen.len() >= self.prune_at {
-                let horizon = self.max_t.unwrap_or(t).max(t) - DEDUP_HORIZON;
-                self.seen.retain(|_, seen| *seen >= horizon);
-                self.prune_at = (self.seen.len() * 2).max(1 << 16);
+                // Forget IDs older than the horizon; if that is not enough to stay under the
+                // cap, shorten the horizon (and say so in the report).
+                let now = self.max_t.unwrap_or(t).max(t);
+                loop {
+                    let h = self.dedup_horizon;
+                    self.seen.retain(|_, seen| *seen >= now - h);
+                    if self.seen.len() <= DEDUP_CAP / 2 || h <= SEC {
+                        break;
+                    }
+                    self.dedup_horizon = h / 2;
+                }
+                self.prune_at = (self.seen.len() * 2).clamp(1 << 16, DEDUP_CAP);
             }
             if self.first_ids.len() < SAMPLE_IDS {
                 self.first_ids.push(id.as_str().to_owned());
@@ -371,6 +385,7 @@ impl Aggregator {
                 events,
                 codes: self.codes.clone(),
                 duplicates: self.duplicates,
+                dedup_window_seconds: self.dedup_horizon / SEC,
                 distinct_addresses: if self.tables[1].exact() {
                     self.tables[1].distinct_values()
                 } else {
@@ -498,6 +513,9 @@ pub struct Totals {
     pub codes: BTreeMap<String, u64>,
     /// Further copies of an auditID already counted (stages, overlapping exports).
     pub duplicates: u64,
+    /// Copies of one auditID are recognized when at most this far apart in event time (one
+    /// hour, shortened if more than `DEDUP_CAP` IDs arrive within it).
+    pub dedup_window_seconds: i64,
     /// Distinct source addresses of selected events (estimated beyond the exact limit).
     pub distinct_addresses: u64,
     /// Records read.
