@@ -100,11 +100,13 @@ fn from_csv(text: &str) -> Rows {
 
 /// A value as the text report's 44-character column shows it.
 fn shown(v: &str) -> String {
-    if v.chars().count() <= 44 {
+    let n = v.chars().count();
+    if n <= 44 {
         return v.to_owned();
     }
-    let mut s: String = v.chars().take(43).collect();
+    let mut s: String = v.chars().take(21).collect();
     s.push('…');
+    s.extend(v.chars().skip(n - 22));
     s
 }
 

@@ -23,6 +23,9 @@ const MAX_SLOTS: i64 = 4096;
 /// The automatic bucket is the smallest ladder step giving at most this many buckets.
 const TARGET_BUCKETS: i64 = 48;
 
+/// A fixed `--bucket` is widened to a multiple of itself beyond this many buckets.
+const MAX_BUCKETS: i64 = 10_000;
+
 /// A request logged twice (stages, overlapping exports) counts once if its copies are at
 /// most this far apart in event time (shortened when more than [`DEDUP_CAP`] IDs fall in it).
 pub const DEDUP_HORIZON: Micros = 3600 * SEC;
@@ -281,7 +284,17 @@ impl Aggregator {
     /// Builds the report. `top` values per dimension; `alerts` are those the rules raised.
     pub fn report(&self, top: usize, head: ReportHead, alerts: Vec<Alert>) -> Report {
         let bucket = match self.fixed_bucket {
-            Some(b) => b,
+            Some(b) => {
+                let span = match (self.min_t, self.max_t) {
+                    (Some(a), Some(z)) => z - a,
+                    _ => 0,
+                };
+                if span / b >= MAX_BUCKETS {
+                    b * (span / b / MAX_BUCKETS + 1)
+                } else {
+                    b
+                }
+            }
             None => {
                 let span = match (self.min_t, self.max_t) {
                     (Some(a), Some(b)) => b - a,

@@ -62,7 +62,8 @@ pub struct InvestigateArgs {
     /// Values listed per dimension.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
-    /// Time bucket of the timelines (default: from the span, at most 48 buckets).
+    /// Time bucket of the timelines (default: from the span, at most 48 buckets; widened to
+    /// a multiple if the span would need more than 10,000).
     #[arg(long, value_parser = parse_bucket)]
     pub bucket: Option<Micros>,
     /// Distinct values per dimension counted exactly; beyond, Space-Saving estimates.
@@ -84,7 +85,7 @@ pub struct InvestigateArgs {
     #[arg(long)]
     pub no_color: bool,
     /// How late an event may arrive and still be counted in order by the rules.
-    #[arg(long, default_value = "2m", value_parser = parse_bucket)]
+    #[arg(long, default_value = "2m", value_parser = parse_lateness)]
     pub max_lateness: Micros,
     /// Cluster name to put on alerts.
     #[arg(long)]
@@ -124,10 +125,15 @@ fn parse_input_format(s: &str) -> Result<FormatChoice, String> {
 
 fn parse_bucket(s: &str) -> Result<Micros, String> {
     match parse_duration(s) {
-        Some(d) if d >= 1_000_000 || s.starts_with('0') => Ok(d),
-        Some(_) => Err("must be at least 1s".into()),
+        // Whole seconds: every series slot must divide the bucket.
+        Some(d) if d >= 1_000_000 && d % 1_000_000 == 0 => Ok(d),
+        Some(_) => Err("must be a whole number of seconds, at least 1s".into()),
         None => Err(format!("`{s}` is not a duration like 30s, 5m, 1h")),
     }
+}
+
+fn parse_lateness(s: &str) -> Result<Micros, String> {
+    parse_duration(s).ok_or_else(|| format!("`{s}` is not a duration like 30s, 2m"))
 }
 
 /// Why an investigation could not run.

@@ -34,12 +34,18 @@ pub fn sparkline(counts: &[u64]) -> String {
         .collect()
 }
 
-fn cut(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
+/// Shortens to `width` characters with an ellipsis in the middle: both ends of API server
+/// names and user agents tell them apart.
+pub fn cut(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width {
         return s.to_owned();
     }
-    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    let head = width.saturating_sub(1) / 2;
+    let tail = width.saturating_sub(1) - head;
+    let mut out: String = s.chars().take(head).collect();
     out.push('…');
+    out.extend(s.chars().skip(n - tail));
     out
 }
 
