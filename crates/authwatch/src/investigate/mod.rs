@@ -14,13 +14,14 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use authwatch_event::framing::Format;
+use authwatch_event::framing::{Format, FramingError};
+use authwatch_event::time::parse_timestamp;
 use authwatch_event::{visit_events, Micros};
 use authwatch_rules::field::EventFacts;
 use authwatch_rules::rule::parse_duration;
 use authwatch_rules::{load_rules, Alert, Engine, EngineConfig, Prefilter, Rule};
 
-use crate::input::{plan, FormatChoice};
+use crate::input::{plan, FormatChoice, Location};
 use crate::pipeline::Pipeline;
 use crate::rule_files;
 use crate::sinks::AlertSink;
@@ -42,8 +43,23 @@ pub enum OutFormat {
 #[derive(Debug, clap::Args)]
 pub struct InvestigateArgs {
     /// Files, directories (CloudWatch S3 export trees), or `-` for standard input.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "log_group", value_name = "PATH")]
     pub inputs: Vec<PathBuf>,
+    /// Read this CloudWatch Logs group over [--start, --end] instead of files (repeatable).
+    #[arg(long = "log-group", value_name = "GROUP", conflicts_with = "inputs", requires_all = ["start", "end"])]
+    pub log_group: Vec<String>,
+    /// Start of the CloudWatch range (RFC 3339), with --log-group.
+    #[arg(long, value_name = "TIME", requires = "log_group")]
+    pub start: Option<String>,
+    /// End of the CloudWatch range (RFC 3339), with --log-group.
+    #[arg(long, value_name = "TIME", requires = "log_group")]
+    pub end: Option<String>,
+    /// AWS region for --log-group (default: the SDK's chain, e.g. AWS_REGION).
+    #[arg(long, requires = "log_group")]
+    pub region: Option<String>,
+    /// CloudWatch Logs calls per second for --log-group.
+    #[arg(long, default_value_t = 2.0, requires = "log_group")]
+    pub api_rate: f64,
     /// Input framing: auto (by content), jsonl, cw-export, filter-log-events, subscription.
     #[arg(long, default_value = "auto", value_parser = parse_input_format)]
     pub input_format: FormatChoice,
@@ -285,8 +301,23 @@ pub fn investigate(args: &InvestigateArgs) -> Result<agg::Report, InvestigateErr
     let prefilter = (!args.no_prefilter)
         .then(|| Prefilter::new(std::slice::from_ref(&filter)))
         .filter(|p| !p.passes_everything());
-    let plan =
-        plan(&args.inputs, args.input_format).map_err(|e| InvestigateError::Io(e.to_string()))?;
+    let range = if args.log_group.is_empty() {
+        None
+    } else {
+        let ms = |name: &str, v: &Option<String>| {
+            v.as_deref()
+                .and_then(parse_timestamp)
+                .map(|us| us.div_euclid(1000))
+                .ok_or_else(|| {
+                    InvestigateError::Usage(format!("--{name} must be an RFC 3339 time"))
+                })
+        };
+        let (start, end) = (ms("start", &args.start)?, ms("end", &args.end)?);
+        if start > end {
+            return Err(InvestigateError::Usage("--start is after --end".into()));
+        }
+        Some((start, end))
+    };
     let mut agg = Aggregator::new(args.exact_limit.max(1), args.bucket);
     let mut collect = Collect::default();
     let engine = Engine::new(
@@ -298,8 +329,8 @@ pub fn investigate(args: &InvestigateArgs) -> Result<agg::Report, InvestigateErr
         },
     );
     let mut pipeline = Pipeline::new(engine, vec![&mut collect], !args.no_prefilter);
-    let bytes = Arc::new(AtomicU64::new(0));
-    plan.run(&bytes, &mut |record, loc| {
+    let mut handle = |record: Result<authwatch_event::RawRecord<'_>, FramingError>,
+                      loc: Location<'_>| {
         if let Ok(r) = &record {
             if prefilter.as_ref().is_none_or(|p| p.may_match(r.message)) {
                 visit_events(r, &mut |ev| {
@@ -312,8 +343,23 @@ pub fn investigate(args: &InvestigateArgs) -> Result<agg::Report, InvestigateErr
             }
         }
         pipeline.on_record(record, loc)
-    })
-    .map_err(|e| InvestigateError::Io(e.to_string()))?;
+    };
+    match range {
+        Some(range) => crate::live::for_each_range_record(
+            &args.log_group,
+            args.region.clone(),
+            range,
+            args.api_rate,
+            &mut |r, loc| handle(Ok(r), loc),
+        )
+        .map_err(|e| InvestigateError::Io(e.to_string()))?,
+        None => {
+            let plan = plan(&args.inputs, args.input_format)
+                .map_err(|e| InvestigateError::Io(e.to_string()))?;
+            plan.run(&Arc::new(AtomicU64::new(0)), &mut handle)
+                .map_err(|e| InvestigateError::Io(e.to_string()))?;
+        }
+    }
     pipeline
         .finish()
         .map_err(|e| InvestigateError::Io(e.to_string()))?;
