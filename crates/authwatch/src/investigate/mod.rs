@@ -7,6 +7,7 @@ pub mod agg;
 pub mod html;
 pub mod render;
 pub mod sketch;
+pub mod top;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
