@@ -9,6 +9,7 @@ pub mod demo;
 pub mod generate;
 pub mod iam;
 pub mod input;
+pub mod investigate;
 pub mod live;
 pub mod pipeline;
 pub mod replay;

@@ -596,3 +596,65 @@ pub fn replay_range(
         Ok(pipeline.counters().clone())
     })
 }
+
+/// Calls `f` with every audit record of `log_groups` over `[start_ms, end_ms]`, read once with
+/// the reader `replay --log-group` uses (same streams, same passes, same retries). For
+/// `authwatch investigate --log-group`.
+// TODO(merge): `replay_range` can be expressed with this once the sinks work has landed.
+pub fn for_each_range_record(
+    log_groups: &[String],
+    region: Option<String>,
+    (start_ms, end_ms): (i64, i64),
+    api_rate: f64,
+    f: &mut dyn FnMut(RawRecord<'_>, Location<'_>) -> std::io::Result<()>,
+) -> Result<(), LiveError> {
+    runtime()?.block_on(async {
+        let client = build_client(&ClientConfig {
+            region,
+            attempt_timeout: None,
+        })
+        .await;
+        let bucket = Arc::new(TokenBucket::new(api_rate, api_rate.max(1.0)));
+        let mut index = 0u64;
+        for g in log_groups {
+            let config = ReaderConfig {
+                log_group: g.clone(),
+                stream_prefix: AUDIT_STREAM_PREFIX.into(),
+                lookback_ms: 0,
+                rediscover_every: Duration::MAX,
+                max_pass_span_ms: 5 * 60 * 1000,
+                retry: RetryPolicy {
+                    forever: false,
+                    ..RetryPolicy::default()
+                },
+            };
+            let mut reader =
+                LogGroupReader::new(client.clone(), bucket.clone(), config, start_ms, start_ms);
+            loop {
+                let pass = reader.pass(end_ms).await?;
+                for ev in &pass.events {
+                    index += 1;
+                    let record = RawRecord {
+                        message: ev.message.as_bytes(),
+                        stream: Some(&ev.stream),
+                        log_group: Some(g),
+                        cw_timestamp: Some(ev.timestamp_ms.saturating_mul(1000)),
+                        event_id: Some(&ev.event_id),
+                    };
+                    f(
+                        record,
+                        Location {
+                            name: g,
+                            index,
+                            is_line: false,
+                        },
+                    )?;
+                }
+                if reader.position_ms() >= end_ms {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    })
+}

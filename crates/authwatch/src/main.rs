@@ -68,6 +68,11 @@ enum Command {
     Replay(ReplayArgs),
     /// Replay the bundled sample export with the bundled rules (no AWS account needed).
     Demo,
+    /// Where do denied requests come from: top offenders, timelines, drill-down (text, JSON,
+    /// CSV, HTML).
+    Investigate(authwatch::investigate::InvestigateArgs),
+    /// A live terminal view of the top denied addresses, users and API servers, and alerts.
+    Top(authwatch::investigate::top::TopArgs),
     /// Write a synthetic EKS audit data set with planted attacks.
     Generate(GenerateArgs),
     /// Follow EKS audit logs in CloudWatch Logs and alert as they arrive (runs until killed).
@@ -535,6 +540,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Replay(args) => run_replay(args),
         Command::Demo => run_demo(),
+        Command::Investigate(args) => authwatch::investigate::main(args),
+        Command::Top(args) => authwatch::investigate::top::main(args),
         Command::Run(args) => run_live(args),
         Command::Generate(args) => exit_on(run_generate(args)),
         Command::Rules(RulesCommand::Check { paths }) => rules_check(&paths),
