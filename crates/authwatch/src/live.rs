@@ -524,83 +524,35 @@ pub fn replay_range(
     rules: Vec<Rule>,
     sink: &mut dyn AlertSink,
 ) -> Result<crate::pipeline::Counters, LiveError> {
-    runtime()?.block_on(async {
-        let client = build_client(&ClientConfig {
-            region: opts.region.clone(),
-            attempt_timeout: None,
-        })
-        .await;
-        let bucket = Arc::new(TokenBucket::new(opts.api_rate, opts.api_rate.max(1.0)));
-        let engine = Engine::new(
-            rules,
-            EngineConfig {
-                max_lateness: opts.max_lateness,
-                cluster: opts.cluster.clone(),
-                ..EngineConfig::default()
-            },
+    let engine = Engine::new(
+        rules,
+        EngineConfig {
+            max_lateness: opts.max_lateness,
+            cluster: opts.cluster.clone(),
+            ..EngineConfig::default()
+        },
+    );
+    let mut pipeline = Pipeline::new(engine, vec![sink], false);
+    if let Some(config) = &opts.metrics {
+        pipeline = pipeline.with_metrics(
+            MetricsPublisher::start(config.clone())?,
+            default_cluster(opts.cluster.as_deref(), &opts.log_groups),
         );
-        let mut pipeline = Pipeline::new(engine, vec![sink], false);
-        if let Some(config) = &opts.metrics {
-            pipeline = pipeline.with_metrics(
-                MetricsPublisher::start(config.clone())?,
-                default_cluster(opts.cluster.as_deref(), &opts.log_groups),
-            );
-        }
-        let mut index = 0u64;
-        for g in &opts.log_groups {
-            let config = ReaderConfig {
-                log_group: g.clone(),
-                stream_prefix: AUDIT_STREAM_PREFIX.into(),
-                lookback_ms: 0,
-                rediscover_every: Duration::MAX,
-                max_pass_span_ms: 5 * 60 * 1000,
-                retry: RetryPolicy {
-                    forever: false,
-                    ..RetryPolicy::default()
-                },
-            };
-            let mut reader = LogGroupReader::new(
-                client.clone(),
-                bucket.clone(),
-                config,
-                opts.start_ms,
-                opts.start_ms,
-            );
-            // At least one pass, so that `--start T --end T` reads the events at T.
-            loop {
-                let pass = reader.pass(opts.end_ms).await?;
-                for ev in &pass.events {
-                    index += 1;
-                    let record = RawRecord {
-                        message: ev.message.as_bytes(),
-                        stream: Some(&ev.stream),
-                        log_group: Some(g),
-                        cw_timestamp: Some(ev.timestamp_ms.saturating_mul(1000)),
-                        event_id: Some(&ev.event_id),
-                    };
-                    pipeline.on_record(
-                        Ok(record),
-                        Location {
-                            name: g,
-                            index,
-                            is_line: false,
-                        },
-                    )?;
-                }
-                if reader.position_ms() >= opts.end_ms {
-                    break;
-                }
-            }
-        }
-        pipeline.finish()?;
-        Ok(pipeline.counters().clone())
-    })
+    }
+    for_each_range_record(
+        &opts.log_groups,
+        opts.region.clone(),
+        (opts.start_ms, opts.end_ms),
+        opts.api_rate,
+        &mut |record, loc| pipeline.on_record(Ok(record), loc),
+    )?;
+    pipeline.finish()?;
+    Ok(pipeline.counters().clone())
 }
 
-/// Calls `f` with every audit record of `log_groups` over `[start_ms, end_ms]`, read once with
-/// the reader `replay --log-group` uses (same streams, same passes, same retries). For
-/// `authwatch investigate --log-group`.
-// TODO(merge): `replay_range` can be expressed with this once the sinks work has landed.
+/// Calls `f` with every audit record of `log_groups` over `[start_ms, end_ms]`, read once
+/// with the live reader (same streams, same passes; API errors other than throttling, 5xx
+/// and connection failures end it). `replay --log-group` and `investigate --log-group`.
 pub fn for_each_range_record(
     log_groups: &[String],
     region: Option<String>,
