@@ -12,5 +12,5 @@ pub mod token_bucket;
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, GroupPosition, SentAlert};
 pub use client::{build_client, sdk_config, ClientConfig};
-pub use reader::{LogEvent, LogGroupReader, Pass, ReaderConfig, RetryPolicy};
+pub use reader::{CallOutcomes, LogEvent, LogGroupReader, Pass, ReaderConfig, RetryPolicy};
 pub use token_bucket::TokenBucket;

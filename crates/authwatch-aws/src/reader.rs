@@ -116,6 +116,23 @@ pub struct LogGroupReader {
     seen: HashSet<String>,
     seen_by_time: BTreeSet<(i64, String)>,
     calls: u64,
+    call_outcomes: CallOutcomes,
+}
+
+/// API calls made, by (operation, outcome): `ok`, `throttled`, `transient_error`,
+/// `unauthorized`, `not_found`, `rejected`.
+pub type CallOutcomes = std::collections::BTreeMap<(&'static str, &'static str), u64>;
+
+fn outcome_of(err: &ErrorClass) -> &'static str {
+    match err {
+        ErrorClass::Transient(d) if d.contains("Throttl") || d.contains("TooManyRequests") => {
+            "throttled"
+        }
+        ErrorClass::Transient(_) => "transient_error",
+        ErrorClass::Unauthorized(_) => "unauthorized",
+        ErrorClass::NotFound(_) => "not_found",
+        ErrorClass::Permanent(_) => "rejected",
+    }
 }
 
 impl LogGroupReader {
@@ -138,6 +155,7 @@ impl LogGroupReader {
             seen: HashSet::new(),
             seen_by_time: BTreeSet::new(),
             calls: 0,
+            call_outcomes: CallOutcomes::new(),
         }
     }
 
@@ -159,6 +177,11 @@ impl LogGroupReader {
     /// API calls made so far (including retries).
     pub fn calls(&self) -> u64 {
         self.calls
+    }
+
+    /// API calls made so far, by operation and outcome.
+    pub fn call_outcomes(&self) -> &CallOutcomes {
+        &self.call_outcomes
     }
 
     /// Reads one pass up to `until_ms` (at most `max_pass_span_ms` beyond the position).
@@ -230,6 +253,7 @@ impl LogGroupReader {
                 &self.bucket,
                 &self.config.retry,
                 &mut self.calls,
+                &mut self.call_outcomes,
                 "DescribeLogStreams",
                 &self.config.log_group,
                 || {
@@ -261,7 +285,7 @@ impl LogGroupReader {
         names.dedup();
         let added: Vec<&String> = names.iter().filter(|n| !self.streams.contains(n)).collect();
         if !added.is_empty() && self.discovered_at.is_some() {
-            eprintln!(
+            tracing::warn!(
                 "authwatch: {}: new audit stream(s): {}",
                 self.config.log_group,
                 added
@@ -294,6 +318,7 @@ impl LogGroupReader {
                 &self.bucket,
                 &self.config.retry,
                 &mut self.calls,
+                &mut self.call_outcomes,
                 "FilterLogEvents",
                 &self.config.log_group,
                 || {
@@ -338,6 +363,7 @@ async fn call<T, E, F, Fut>(
     bucket: &TokenBucket,
     policy: &RetryPolicy,
     calls: &mut u64,
+    outcomes: &mut CallOutcomes,
     operation: &'static str,
     log_group: &str,
     mut f: F,
@@ -356,18 +382,20 @@ where
         *calls += 1;
         let err = match f().await {
             Ok(v) => {
+                *outcomes.entry((operation, "ok")).or_default() += 1;
                 if last_reported.is_some() {
-                    eprintln!("authwatch: {operation} on {log_group}: working again");
+                    tracing::warn!("authwatch: {operation} on {log_group}: working again");
                 }
                 return Ok(v);
             }
             Err(e) => classify(&e),
         };
+        *outcomes.entry((operation, outcome_of(&err))).or_default() += 1;
         let wait = if err.is_transient() {
             let d = backoff.next_delay();
             // Say so once a problem persists, not on every throttled call.
             if backoff.attempts() == 5 {
-                eprintln!(
+                tracing::warn!(
                     "authwatch: {operation} on {log_group}: still failing after 5 attempts, retrying with backoff: {}",
                     err.detail()
                 );
@@ -385,7 +413,7 @@ where
                 .as_ref()
                 .is_some_and(|l| std::mem::discriminant(l) == std::mem::discriminant(&err));
             if !same_kind {
-                eprintln!(
+                tracing::warn!(
                     "authwatch: {operation} on {log_group}: {}; retrying every {}s",
                     explain(operation, log_group, &err),
                     policy.slow_retry.as_secs()

@@ -8,6 +8,7 @@
 //! are rebuilt, and the [`SentLedger`] drops the alerts that were already delivered.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use authwatch_rules::{Engine, EngineConfig, Rule};
 
 use crate::input::Location;
 use crate::pipeline::Pipeline;
+use crate::service::ServiceMetrics;
 use crate::sinks::cloudwatch_metrics::{MetricsConfig, MetricsPublisher, UNKNOWN_CLUSTER};
 use crate::sinks::ledger::{LedgerSink, SentLedger};
 use crate::sinks::AlertSink;
@@ -99,6 +101,8 @@ pub struct RunOptions {
     pub slow_retry: Duration,
     /// Publish CloudWatch metrics.
     pub metrics: Option<MetricsConfig>,
+    /// Serve `/healthz`, `/readyz`, `/metrics` here.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 /// What `authwatch replay --log-group` was asked to do.
@@ -206,7 +210,7 @@ async fn run_async(
             CorruptStatePolicy::Rebuild => {
                 let aside = store.path().with_extension(format!("corrupt-{now}"));
                 std::fs::rename(store.path(), &aside)?;
-                eprintln!(
+                tracing::warn!(
                     "authwatch: {e}; moved to {} and rebuilding from the look-back ({}s): alerts of that period may be delivered again",
                     aside.display(),
                     opts.lookback_ms / 1000
@@ -247,7 +251,7 @@ async fn run_async(
             }
         });
         let from = pos.floor_ms.max(pos.position_ms - horizon_ms);
-        eprintln!(
+        tracing::info!(
             "authwatch run: {g}: position {}, reading from {} (state in {})",
             format_millis(pos.position_ms * 1000),
             format_millis(from * 1000),
@@ -277,6 +281,22 @@ async fn run_async(
         &checkpoint.sent_alerts,
     )?));
     store.save(&checkpoint)?;
+    let mut state_writes = 1u64;
+    let mut state_write_failures = 0u64;
+    let mut state_failing: Option<std::time::Instant> = None;
+
+    // Readiness: every group read within three poll intervals (plus the time a pass of a
+    // busy group may take).
+    let service = Arc::new(std::sync::Mutex::new(ServiceMetrics::new(
+        &opts.log_groups,
+        opts.poll_interval * 3 + Duration::from_secs(30),
+    )));
+    lock(&service).state_loaded();
+    if let Some(addr) = opts.http_addr {
+        let bound = crate::service::serve(addr, service.clone())?;
+        tracing::info!("authwatch run: serving /healthz /readyz /metrics on http://{bound}");
+    }
+    let mut shutdown = std::pin::pin!(shutdown_signal());
 
     let engine = Engine::new(
         rules,
@@ -296,15 +316,32 @@ async fn run_async(
         );
     }
     let mut index = 0u64;
-    loop {
+    let mut records_by_group: BTreeMap<String, u64> = BTreeMap::new();
+    let mut newest_by_group: BTreeMap<String, i64> = BTreeMap::new();
+    'run: loop {
         let mut caught_up = true;
         for reader in &mut readers {
             let until = now_ms();
-            let pass = reader.pass(until).await?;
+            // A signal ends the run between passes or in the middle of one (a pass cut short
+            // has moved nothing: its events are read again by the next process).
+            let pass = tokio::select! {
+                biased;
+                signal = &mut shutdown => {
+                    tracing::info!("authwatch run: {signal}: stopping");
+                    break 'run;
+                }
+                pass = reader.pass(until) => pass?,
+            };
+            lock(&service).read_ok(reader.log_group());
             if pass.position_ms < until {
                 caught_up = false;
             }
             let group = reader.log_group().to_owned();
+            *records_by_group.entry(group.clone()).or_default() += pass.events.len() as u64;
+            if let Some(newest) = pass.events.iter().map(|e| e.timestamp_ms).max() {
+                let e = newest_by_group.entry(group.clone()).or_insert(newest);
+                *e = (*e).max(newest);
+            }
             for ev in &pass.events {
                 index += 1;
                 let record = RawRecord {
@@ -341,12 +378,142 @@ async fn run_async(
             )?;
             // Alerts of this pass are delivered (and journalled): the position may move.
             checkpoint.sent_alerts = ledger.borrow_mut().prune_and_snapshot(oldest - horizon_ms);
-            store.save(&checkpoint)?;
-            ledger.borrow_mut().clear_journal()?;
+            // A state directory that cannot be written (full disk, read-only volume) must
+            // not blind the watcher: say so, count it, and keep alerting. Nothing is lost:
+            // the position on disk stays where it was, so a restart re-reads from there.
+            match store.save(&checkpoint) {
+                Ok(()) => {
+                    state_writes += 1;
+                    if state_failing.take().is_some() {
+                        tracing::info!("authwatch run: state writes work again");
+                    }
+                    if let Err(e) = ledger.borrow_mut().clear_journal() {
+                        tracing::warn!("authwatch run: emptying the sent-alert journal: {e}");
+                    }
+                }
+                Err(e) => {
+                    state_write_failures += 1;
+                    if state_failing
+                        .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(60))
+                    {
+                        state_failing = Some(std::time::Instant::now());
+                        tracing::error!(
+                            "authwatch run: cannot write the state in {} ({e}); still reading and alerting, but a restart would re-read from the last saved position ({} failed writes so far)",
+                            opts.state_dir.display(),
+                            state_write_failures
+                        );
+                    }
+                }
+            }
         }
+        let mut api_calls: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for r in &readers {
+            for ((op, outcome), n) in r.call_outcomes() {
+                *api_calls
+                    .entry(((*op).to_owned(), (*outcome).to_owned()))
+                    .or_default() += n;
+            }
+        }
+        lock(&service).update(snapshot(
+            &pipeline,
+            api_calls,
+            &records_by_group,
+            &newest_by_group,
+            (state_writes, state_write_failures),
+        ));
         if caught_up {
-            tokio::time::sleep(opts.poll_interval).await;
+            tokio::select! {
+                biased;
+                signal = &mut shutdown => {
+                    tracing::info!("authwatch run: {signal}: stopping");
+                    break 'run;
+                }
+                () = tokio::time::sleep(opts.poll_interval) => {}
+            }
         }
+    }
+    // Everything of the finished passes is delivered and checkpointed; flush the sinks, send
+    // the last metrics, and write the state once more.
+    pipeline.stop()?;
+    drop(pipeline);
+    if let Err(e) = store.save(&checkpoint) {
+        tracing::error!("authwatch run: writing the state at shutdown: {e}");
+    }
+    tracing::info!(
+        "authwatch run: stopped; state in {}",
+        opts.state_dir.display()
+    );
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C); names the one that came.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "interrupt"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupt"
+    }
+}
+
+fn lock(m: &std::sync::Mutex<ServiceMetrics>) -> std::sync::MutexGuard<'_, ServiceMetrics> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn snapshot(
+    pipeline: &Pipeline<'_>,
+    api_calls: BTreeMap<(String, String), u64>,
+    records: &BTreeMap<String, u64>,
+    newest: &BTreeMap<String, i64>,
+    (state_writes, state_write_failures): (u64, u64),
+) -> crate::service::Snapshot {
+    let c = pipeline.counters();
+    let e = pipeline.engine_stats();
+    let now = now_ms();
+    let mut events = BTreeMap::new();
+    events.insert("parsed", c.events_parsed);
+    events.insert("matched", e.matched);
+    events.insert("duplicate", e.duplicates);
+    events.insert("late", e.late_events);
+    events.insert("late_dropped", e.late_dropped);
+    events.insert("no_timestamp", e.no_timestamp);
+    events.insert("missing_group_key", e.missing_group_key);
+    events.insert("fanout_capped", e.fanout_capped);
+    crate::service::Snapshot {
+        records: records.clone(),
+        events,
+        parse_errors: c
+            .parse_errors_by_reason
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+        alerts: pipeline.alerts_by_rule_severity().clone(),
+        sinks: pipeline.sink_figures(),
+        api_calls,
+        ingest_lag: newest
+            .iter()
+            .map(|(g, t)| (g.clone(), ((now - t).max(0)) as f64 / 1000.0))
+            .collect(),
+        active_keys: pipeline.active_keys() as u64,
+        evicted_keys: e.evicted_keys.clone(),
+        state_writes,
+        state_write_failures,
     }
 }
 

@@ -27,8 +27,39 @@ use clap::{Parser, Subcommand};
     about = "Alarm on piling-up 401/403 responses in Kubernetes (EKS) audit logs, and say which host, source IPs and user they come from."
 )]
 struct Cli {
+    /// Log lines on stderr as `text` or `json` (one object per line, for log collectors);
+    /// levels from RUST_LOG (default info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "AUTHWATCH_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs through `tracing` on stderr; colours only on a terminal.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 #[derive(Subcommand)]
@@ -47,6 +78,26 @@ enum Command {
     /// Manage the CloudWatch alarms that go with the rules.
     #[command(subcommand)]
     Alarms(AlarmsCommand),
+    /// Check a `run` configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Ask a running authwatch's /healthz (or /readyz): exit 0 when it answers 200. For
+    /// container health checks in images without a shell or curl.
+    Healthcheck {
+        /// Its HTTP address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        addr: String,
+        /// Ask /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate `run`'s settings (flags, AUTHWATCH_* variables, --config FILE) and print the
+    /// effective configuration with where each value came from.
+    Check(Box<RunArgs>),
 }
 
 #[derive(Subcommand)]
@@ -325,6 +376,10 @@ impl SinkArgs {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// A YAML file of run's flags (`state-dir: /var/lib/authwatch`); every flag can also be
+    /// set as AUTHWATCH_<FLAG>. Precedence: flags, then environment, then file, then defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Log group to follow, e.g. /aws/eks/prod/cluster (repeatable).
     #[arg(
         long = "log-group",
@@ -375,6 +430,19 @@ struct RunArgs {
     slow_retry: i64,
     #[command(flatten)]
     sink: SinkArgs,
+    /// Serve /healthz, /readyz and /metrics (Prometheus) here; `off` for none. Use
+    /// 0.0.0.0:9180 in a container.
+    #[arg(long, default_value = "127.0.0.1:9180")]
+    http_addr: String,
+}
+
+fn parse_http_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("`{s}` is not an address like 127.0.0.1:9180 or `off`: {e}"))
 }
 
 #[derive(clap::Args)]
@@ -424,8 +492,46 @@ fn micros_to_duration(us: i64) -> std::time::Duration {
     std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0))
 }
 
+/// The command line with `run`'s settings from `--config` and `AUTHWATCH_*` merged in (see
+/// `authwatch::config`), and where each came from.
+fn expanded_args() -> Result<
+    (
+        Vec<std::ffi::OsString>,
+        std::collections::BTreeMap<String, authwatch::config::Origin>,
+    ),
+    authwatch::config::ConfigError,
+> {
+    use clap::CommandFactory;
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let word = |i: usize| raw.get(i).and_then(|a| a.to_str()).unwrap_or("");
+    let root = Cli::command();
+    let sub = match (word(1), word(2)) {
+        ("run", _) => root.find_subcommand("run").cloned(),
+        ("config", "check") => root
+            .find_subcommand("config")
+            .and_then(|c| c.find_subcommand("check"))
+            .cloned(),
+        _ => None,
+    };
+    match sub {
+        Some(cmd) => authwatch::config::expand(raw, &cmd, &|k| std::env::var(k).ok()),
+        None => Ok((raw, Default::default())),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (args, origins) = match expanded_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("authwatch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args.clone());
+    init_logs(cli.log_format);
+    if let Command::Config(ConfigCommand::Check(run)) = cli.command {
+        return config_check(*run, &args, &origins);
+    }
     match cli.command {
         Command::Replay(args) => run_replay(args),
         Command::Demo => run_demo(),
@@ -434,7 +540,119 @@ fn main() -> ExitCode {
         Command::Rules(RulesCommand::Check { paths }) => rules_check(&paths),
         Command::Rules(RulesCommand::Test { paths }) => rules_test(&paths),
         Command::Alarms(AlarmsCommand::Sync(args)) => alarms_sync(args),
+        Command::Config(_) => ExitCode::SUCCESS,
+        Command::Healthcheck { addr, ready } => healthcheck(&addr, ready),
     }
+}
+
+fn healthcheck(addr: &str, ready: bool) -> ExitCode {
+    use std::io::{Read, Write};
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let answer = (|| -> std::io::Result<String> {
+        let sock: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+        let mut s = std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(3))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })();
+    match answer {
+        Ok(t) if t.split_whitespace().nth(1) == Some("200") => ExitCode::SUCCESS,
+        Ok(t) => {
+            eprintln!("authwatch: {path}: {}", t.lines().last().unwrap_or(""));
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("authwatch: {path} on {addr}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `authwatch config check`: validates like `run` would at start-up (rules, addresses, ARNs)
+/// and prints every setting with its origin; secrets (none of run's flags is one today) are
+/// redacted.
+fn config_check(
+    run: RunArgs,
+    args: &[std::ffi::OsString],
+    origins: &std::collections::BTreeMap<String, authwatch::config::Origin>,
+) -> ExitCode {
+    use clap::CommandFactory;
+    let rules = match load_rules(&run.rules) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let warnings = print_warnings(&rules);
+    if let Err(e) = parse_http_addr(&run.http_addr) {
+        eprintln!("authwatch: --http-addr: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(arn) = &run.sink.sns_topic_arn {
+        if !arn.starts_with("arn:") {
+            eprintln!("authwatch: --sns-topic-arn `{arn}` is not an ARN");
+            return ExitCode::from(2);
+        }
+    }
+    let matches = match Cli::command().try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(check) = matches
+        .subcommand_matches("config")
+        .and_then(|m| m.subcommand_matches("check"))
+    else {
+        return ExitCode::from(2);
+    };
+    let cmd = Cli::command();
+    let Some(check_cmd) = cmd
+        .find_subcommand("config")
+        .and_then(|c| c.find_subcommand("check"))
+    else {
+        return ExitCode::from(2);
+    };
+    println!("# effective configuration of `authwatch run`");
+    for arg in check_cmd.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "help" || long == "config" {
+            continue;
+        }
+        let id = arg.get_id().as_str();
+        let values: Vec<String> = check
+            .get_raw(id)
+            .map(|v| v.map(|x| x.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let origin = match origins.get(long) {
+            Some(o) => o.to_string(),
+            None => match check.value_source(id) {
+                Some(clap::parser::ValueSource::DefaultValue) => "default".into(),
+                Some(_) => "flag".into(),
+                None => "unset".into(),
+            },
+        };
+        let shown = if authwatch::config::is_secret(long) && !values.is_empty() {
+            "<redacted>".to_owned()
+        } else if values.is_empty() {
+            if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+                "false".into()
+            } else {
+                "~".into()
+            }
+        } else if values.len() == 1 && !matches!(arg.get_action(), clap::ArgAction::Append) {
+            format!("{:?}", values[0])
+        } else {
+            format!("{values:?}")
+        };
+        println!("{long}: {shown}  # {origin}");
+    }
+    eprintln!(
+        "authwatch: configuration valid; {} rule(s), {warnings} warning(s)",
+        rules.len()
+    );
+    ExitCode::SUCCESS
 }
 
 fn period_secs(us: i64, what: &str) -> Result<i32, ExitCode> {
@@ -610,12 +828,14 @@ fn exit_on(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run_live(args: RunArgs) -> ExitCode {
+fn run_live(mut args: RunArgs) -> ExitCode {
     let rules = match load_rules(&args.rules) {
         Ok(r) => r,
         Err(code) => return code,
     };
     print_warnings(&rules);
+    // At shutdown the SNS spool gets at most 5 s to drain (the rest stays spooled).
+    args.sink.sns_drain_timeout = args.sink.sns_drain_timeout.min(5_000_000);
     let mut sinks = match args
         .sink
         .open(args.output.clone(), &args.state_dir, args.region.clone())
@@ -638,10 +858,25 @@ fn run_live(args: RunArgs) -> ExitCode {
         max_lateness: args.max_lateness,
         slow_retry: micros_to_duration(args.slow_retry),
         metrics: args.sink.metrics(args.region.clone()),
+        http_addr: match parse_http_addr(&args.http_addr) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("authwatch: --http-addr: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
-    let mut fanout = sinks::Fanout(sinks.all());
-    match authwatch::live::run(&opts, rules, &mut fanout) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = authwatch::live::run(&opts, rules, &mut sinks::Fanout::new(sinks.all()));
+    match result {
+        // Stopped by a signal: what SNS has not taken yet stays in the spool for the next
+        // start (Kubernetes and ECS wait 30 s; we leave after at most 5 s of draining).
+        Ok(()) => match sinks.close() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => {
+                eprintln!("authwatch: the notifications above stay spooled and are sent by the next start");
+                ExitCode::SUCCESS
+            }
+        },
         Err(e) => {
             eprintln!("authwatch: {e}");
             ExitCode::from(e.exit_code())
@@ -684,7 +919,7 @@ fn replay_log_groups(args: ReplayArgs, rules: Vec<authwatch_rules::Rule>) -> Exi
         cluster: args.cluster,
         metrics: args.sink.metrics(args.region.clone()),
     };
-    let result = authwatch::live::replay_range(&opts, rules, &mut sinks::Fanout(sinks.all()));
+    let result = authwatch::live::replay_range(&opts, rules, &mut sinks::Fanout::new(sinks.all()));
     match result {
         Ok(c) => {
             if let Err(code) = sinks.close() {

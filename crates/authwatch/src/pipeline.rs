@@ -252,6 +252,7 @@ pub struct Pipeline<'s> {
     counters: Counters,
     metrics: Option<Metrics>,
     future: Option<FutureGuard>,
+    alerts_by_rule_severity: BTreeMap<(String, String), u64>,
 }
 
 /// Metrics being counted, and where they go.
@@ -286,6 +287,7 @@ impl<'s> Pipeline<'s> {
                 clock: system_now,
                 limit: Micros::MIN,
             }),
+            alerts_by_rule_severity: BTreeMap::new(),
         }
     }
 
@@ -440,6 +442,31 @@ impl<'s> Pipeline<'s> {
                     .map_err(|e| io::Error::new(e.kind(), format!("sink {}: {e}", s.name())))?;
             }
             self.counters.alerts += 1;
+            *self
+                .alerts_by_rule_severity
+                .entry((alert.rule.clone(), alert.severity.as_str().to_owned()))
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// The sinks' figures (deliveries, failures, spools), by sink name.
+    pub fn sink_figures(&self) -> BTreeMap<String, crate::sinks::SinkFigures> {
+        let mut out = BTreeMap::new();
+        for s in &self.sinks {
+            s.figures(&mut out);
+        }
+        out
+    }
+
+    /// Flushes the sinks and sends the metrics counted so far, without releasing what the
+    /// reorder buffer holds (a restart re-reads those events): the end of a live run.
+    pub fn stop(&mut self) -> io::Result<()> {
+        for s in &mut self.sinks {
+            s.flush()?;
+        }
+        if let Some(m) = &mut self.metrics {
+            m.publisher.close(std::mem::take(&mut m.tally))?;
         }
         Ok(())
     }
@@ -447,6 +474,16 @@ impl<'s> Pipeline<'s> {
     /// Record-level counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Alerts delivered, by (rule, severity).
+    pub fn alerts_by_rule_severity(&self) -> &BTreeMap<(String, String), u64> {
+        &self.alerts_by_rule_severity
+    }
+
+    /// Keys the engine holds.
+    pub fn active_keys(&self) -> usize {
+        self.engine.active_keys()
     }
 
     /// The engine's counters.

@@ -42,15 +42,7 @@ impl Aws {
             .enable_all()
             .build()
             .unwrap();
-        let conf = rt.block_on(
-            aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .endpoint_url(endpoint)
-                .region(aws_config::Region::new("us-east-1"))
-                .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                    "test", "test", None, None, "static",
-                ))
-                .load(),
-        );
+        let conf = sdk_conf(&rt, endpoint);
         Aws {
             cw: aws_sdk_cloudwatch::Client::new(&conf),
             sns: aws_sdk_sns::Client::new(&conf),
@@ -345,9 +337,9 @@ fn planted_attack_becomes_metrics_then_alarm_then_an_sns_message_in_sqs() {
             "--namespace",
             &namespace,
             "--period",
-            "10s",
+            "30s",
             "--denied-period",
-            "10s",
+            "30s",
             "--denied-threshold",
             "5",
         ],
@@ -364,7 +356,7 @@ fn planted_attack_becomes_metrics_then_alarm_then_an_sns_message_in_sqs() {
             .namespace(&namespace)
             .metric_name(metric)
             .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
-            .period(10)
+            .period(30)
             .evaluation_periods(1)
             .threshold(0.0)
             .comparison_operator(
@@ -463,7 +455,11 @@ fn planted_attack_becomes_metrics_then_alarm_then_an_sns_message_in_sqs() {
     // The alarms go to ALARM on those metrics; the state reason carries the sums.
     let prefix = format!("authwatch-{cluster}-");
     let mut states = Vec::new();
-    let fired = wait_until(Duration::from_secs(90), || {
+    // 30 s periods: LocalStack evaluates each alarm once per period over the last period, so
+    // the counts (sent once, at the end of the replay) stay in its window for a whole
+    // evaluation cycle; with 10 s periods a busy machine could evaluate just before and just
+    // after and see nothing.
+    let fired = wait_until(Duration::from_secs(120), || {
         states = aws.alarms(&prefix);
         states.len() == 2
             && states
@@ -507,7 +503,7 @@ fn planted_attack_becomes_metrics_then_alarm_then_an_sns_message_in_sqs() {
     let rule_alarm = data(&format!("{prefix}denied-by-source-ip"));
     assert_eq!(rule_alarm["recentDatapoints"][0], 1.0, "{rule_alarm}");
     let mut probes = Vec::new();
-    let evaluated = wait_until(Duration::from_secs(60), || {
+    let evaluated = wait_until(Duration::from_secs(120), || {
         probes = aws.alarms(&probe_prefix);
         probes.len() == 2
             && probes

@@ -556,3 +556,184 @@ fn an_authorization_error_names_the_permission_and_is_retried_until_it_clears() 
         a[19].0,
     );
 }
+
+/// `GET path` on the run's HTTP address: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_state_and_alerts_and_http_shows_health_and_metrics() {
+    let Some(ep) = emulator() else { return };
+    let emu = Emu::new(&ep);
+    let g = group_with_streams(&emu, "sigterm", &[S1]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.jsonl");
+    let state = dir.path().join("state");
+    let addr = free_addr();
+    let t0 = now_ms() - 30_000;
+    let a = attack("sigterm", 22, t0, 200, "203.0.113.77", "oscar");
+    emu.put(&g, S1, &a);
+    let mut run = start_run(&ep, &g, &state, &out, &["--http-addr", &addr]);
+    assert!(
+        wait_until(Duration::from_secs(30), || alerts(&out).len() >= 2),
+        "attack not alerted; stderr:\n{}",
+        run.stderr_text()
+    );
+    assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".into()));
+    assert!(
+        wait_until(Duration::from_secs(10), || http_get(&addr, "/readyz").0
+            == 200),
+        "{:?}",
+        http_get(&addr, "/readyz")
+    );
+    let (status, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    for want in [
+        "authwatch_alerts_total{rule=\"denied-by-source-ip\",severity=\"high\"} 1",
+        "authwatch_alerts_total{rule=\"denied-by-user\",severity=\"high\"} 1",
+        "authwatch_aws_api_calls_total{operation=\"FilterLogEvents\",outcome=\"ok\"}",
+        "authwatch_events_total{outcome=\"parsed\"} 22",
+        &format!("authwatch_records_total{{log_group=\"{g}\"}} 22"),
+        "authwatch_sink_deliveries_total{sink=\"file:",
+        &format!("authwatch_ingest_lag_seconds{{log_group=\"{g}\"}}"),
+        "authwatch_state_writes_total",
+    ] {
+        assert!(metrics.contains(want), "{want} not in\n{metrics}");
+    }
+    // Read-only: anything but GET/HEAD is refused.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let mut t = String::new();
+        let _ = s.read_to_string(&mut t);
+        assert!(
+            t.starts_with("HTTP/1.0 405") || t.starts_with("HTTP/1.1 405"),
+            "{t}"
+        );
+    }
+
+    let stderr_path = run.stderr.clone();
+    let status = sigterm_and_wait(&mut run.child, Duration::from_secs(10), || {
+        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+    });
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", run.stderr_text());
+    assert!(
+        run.stderr_text().contains("SIGTERM: stopping"),
+        "{}",
+        run.stderr_text()
+    );
+    let checkpoint: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("checkpoint.json")).unwrap())
+            .unwrap();
+    let text = checkpoint.to_string();
+    assert!(text.contains(&g), "{text}");
+    let got = alerts(&out);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_fired_at(
+        &got,
+        "denied-by-source-ip",
+        "sourceIPs",
+        "203.0.113.77",
+        a[19].0,
+    );
+
+    // A restart on that state sends nothing again.
+    let mut again = start_run(&ep, &g, &state, &out, &["--http-addr", "off"]);
+    std::thread::sleep(Duration::from_secs(5));
+    again.kill9();
+    let got = alerts(&out);
+    unique_ids(&got);
+    assert_eq!(got.len(), 2, "{got:#?}\n{}", again.stderr_text());
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_written_is_reported_and_alerting_goes_on() {
+    let Some(ep) = emulator() else { return };
+    let emu = Emu::new(&ep);
+    let g = group_with_streams(&emu, "rofs", &[S1]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.jsonl");
+    let state = dir.path().join("state");
+    let addr = free_addr();
+    let mut run = start_run(&ep, &g, &state, &out, &["--http-addr", &addr]);
+    let t0 = now_ms() - 10_000;
+    emu.put(
+        &g,
+        S1,
+        &attack("rofs-a", 20, t0, 100, "203.0.113.81", "amy"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || alerts(&out).len() >= 2),
+        "{}",
+        run.stderr_text()
+    );
+    // The checkpoint can no longer be written (its temporary file's name is taken by a
+    // directory: the same failure as a full or read-only volume, even for root).
+    let blocker = state.join("checkpoint.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let saved = std::fs::read_to_string(state.join("checkpoint.json")).unwrap();
+    emu.put(
+        &g,
+        S1,
+        &attack("rofs-b", 20, now_ms(), 50, "203.0.113.82", "bob"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || alerts(&out).len() >= 4),
+        "alerting stopped; stderr:\n{}",
+        run.stderr_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || run
+            .stderr_text()
+            .contains("cannot write the state")),
+        "{}",
+        run.stderr_text()
+    );
+    assert!(run.child.try_wait().unwrap().is_none(), "the run exited");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("authwatch_state_write_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(failures >= 1, "{metrics}");
+    assert_eq!(
+        std::fs::read_to_string(state.join("checkpoint.json")).unwrap(),
+        saved,
+        "the last good state must stay as it was"
+    );
+    // The volume comes back: writes resume and the position moves on.
+    std::fs::remove_dir(&blocker).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || run
+            .stderr_text()
+            .contains("state writes work again")),
+        "{}",
+        run.stderr_text()
+    );
+    assert_ne!(
+        std::fs::read_to_string(state.join("checkpoint.json")).unwrap(),
+        saved
+    );
+    run.kill9();
+    unique_ids(&alerts(&out));
+}

@@ -29,15 +29,7 @@ impl Aws {
             .enable_all()
             .build()
             .unwrap();
-        let conf = rt.block_on(
-            aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .endpoint_url(endpoint)
-                .region(aws_config::Region::new("us-east-1"))
-                .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                    "test", "test", None, None, "static",
-                ))
-                .load(),
-        );
+        let conf = sdk_conf(&rt, endpoint);
         Aws {
             sns: aws_sdk_sns::Client::new(&conf),
             sqs: aws_sdk_sqs::Client::new(&conf),
@@ -509,4 +501,51 @@ fn sns_outage_then_recovery_delivers_everything_in_order_across_a_restart() {
     let mut want = expected.clone();
     want.sort();
     assert_eq!(received, want);
+}
+
+#[test]
+fn credentials_never_reach_the_logs_or_errors() {
+    // No emulator needed: SNS is unreachable, so every attempt fails and is logged.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    write_events(
+        &input,
+        &attack(
+            "creds",
+            21,
+            1_790_000_000_000,
+            1_000,
+            "203.0.113.12",
+            "carol",
+        ),
+    );
+    let key_id = "AKIAFAKEKEYID7777777";
+    let secret = "fakeSecretKeyThatMustNeverBeLogged0123456";
+    let token = "FakeSessionTokenThatMustNeverBeLogged";
+    for format in ["text", "json"] {
+        let o = replay(
+            &[
+                ("AWS_ENDPOINT_URL_SNS", "http://127.0.0.1:9"),
+                ("AWS_ACCESS_KEY_ID", key_id),
+                ("AWS_SECRET_ACCESS_KEY", secret),
+                ("AWS_SESSION_TOKEN", token),
+            ],
+            &[
+                "--log-format",
+                format,
+                input.to_str().unwrap(),
+                "--sns-topic-arn",
+                "arn:aws:sns:us-east-1:123456789012:creds",
+                "--state-dir",
+                dir.path().join(format).to_str().unwrap(),
+                "--sns-drain-timeout",
+                "2s",
+            ],
+        );
+        let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+        assert!(all.contains("publish to arn:aws:sns"), "{all}");
+        for s in [key_id, secret, token] {
+            assert!(!all.contains(s), "{s} logged:\n{all}");
+        }
+    }
 }

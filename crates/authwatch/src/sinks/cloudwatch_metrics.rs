@@ -417,7 +417,7 @@ fn api_thread(namespace: String, region: Option<String>, rx: mpsc::Receiver<Job>
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("authwatch: metrics: cannot start a runtime: {e}");
+            tracing::warn!("authwatch: metrics: cannot start a runtime: {e}");
             return;
         }
     };
@@ -435,7 +435,7 @@ fn api_thread(namespace: String, region: Option<String>, rx: mpsc::Receiver<Job>
             let pts = points(&carried, &clusters, now_micros());
             match put_points(&client, &namespace, &pts).await {
                 Ok(()) => carried = MetricsTally::default(),
-                Err(e) => eprintln!(
+                Err(e) => tracing::warn!(
                     "authwatch: metrics: PutMetricData to {namespace} failed ({e}); the counts are added to the next interval"
                 ),
             }

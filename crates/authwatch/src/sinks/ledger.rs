@@ -126,6 +126,7 @@ pub struct LedgerSink<'a> {
     ledger: Rc<RefCell<SentLedger>>,
     inner: Vec<&'a mut dyn AlertSink>,
     suppressed: u64,
+    journal_failures: u64,
 }
 
 impl<'a> LedgerSink<'a> {
@@ -135,6 +136,7 @@ impl<'a> LedgerSink<'a> {
             ledger,
             inner,
             suppressed: 0,
+            journal_failures: 0,
         }
     }
 
@@ -158,7 +160,17 @@ impl AlertSink for LedgerSink<'_> {
             s.deliver(alert)
                 .map_err(|e| io::Error::new(e.kind(), format!("sink {}: {e}", s.name())))?;
         }
-        self.ledger.borrow_mut().record(alert)
+        // Delivered; if it cannot be journalled (state directory full or read-only), a
+        // restart may deliver it once more (same alert_id): a duplicate, never a loss.
+        if let Err(e) = self.ledger.borrow_mut().record(alert) {
+            self.journal_failures += 1;
+            tracing::error!(
+                "authwatch: recording delivered alert {} in the journal: {e} ({} failures)",
+                alert.alert_id,
+                self.journal_failures
+            );
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -173,5 +185,11 @@ impl AlertSink for LedgerSink<'_> {
             s.close()?;
         }
         Ok(())
+    }
+
+    fn figures(&self, out: &mut std::collections::BTreeMap<String, super::SinkFigures>) {
+        for s in &self.inner {
+            s.figures(out);
+        }
     }
 }

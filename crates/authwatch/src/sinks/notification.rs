@@ -248,7 +248,7 @@ pub fn text_body(alert: &Alert) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use authwatch_rules::alert::Group;
     use authwatch_rules::rule::Severity;

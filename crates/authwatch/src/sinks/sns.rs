@@ -173,6 +173,7 @@ pub struct SnsNotifier {
     abort: Arc<AtomicBool>,
     done: Option<mpsc::Receiver<()>>,
     drain_timeout: Duration,
+    unspooled: u64,
 }
 
 impl SnsNotifier {
@@ -181,7 +182,7 @@ impl SnsNotifier {
     pub fn start(config: SnsConfig) -> io::Result<SnsNotifier> {
         let spool = Arc::new(Spool::open(&config.spool_dir, config.spool_limits)?);
         if !spool.is_empty() {
-            eprintln!(
+            tracing::info!(
                 "authwatch: sns: {} notification(s) left in {} by an earlier run will be sent first",
                 spool.len(),
                 spool.dir().display()
@@ -214,6 +215,7 @@ impl SnsNotifier {
             abort,
             done: Some(rx),
             drain_timeout: config.drain_timeout,
+            unspooled: 0,
         })
     }
 
@@ -241,12 +243,28 @@ impl AlertSink for SnsNotifier {
     fn deliver(&mut self, alert: &Alert) -> io::Result<()> {
         let msg = SnsMessage::from_alert(alert);
         let body = serde_json::to_vec(&msg).map_err(io::Error::other)?;
-        match self.spool.push(&body)? {
+        let pushed = match self.spool.push(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                // The state directory cannot be written (full, read-only): this notification
+                // cannot be kept. Counted and logged; detection and the other sinks go on.
+                self.unspooled += 1;
+                tracing::error!(
+                    "authwatch: sns: cannot spool the notification for alert {} (rule {}) in {}: {e}; dropped ({} so far)",
+                    alert.alert_id,
+                    clean(&alert.rule, 100),
+                    self.spool.dir().display(),
+                    self.unspooled
+                );
+                return Ok(());
+            }
+        };
+        match pushed {
             Pushed::Spooled(_) => Ok(()),
             Pushed::Overflow => {
                 // Counted and logged; the other sinks still get the alert, and detection goes
                 // on (a full spool means SNS has been failing for a long time).
-                eprintln!(
+                tracing::error!(
                     "authwatch: sns: spool {} is full ({} waiting); notification for alert {} (rule {}) dropped; {} dropped so far",
                     self.spool.dir().display(),
                     self.spool.len(),
@@ -262,6 +280,18 @@ impl AlertSink for SnsNotifier {
     fn flush(&mut self) -> io::Result<()> {
         // Spooled is durable; delivery goes on in the background.
         Ok(())
+    }
+
+    fn pending(&self) -> u64 {
+        self.spool.len() as u64
+    }
+
+    fn dropped(&self) -> u64 {
+        self.spool.overflowed() + self.spool.rejected() + self.unspooled
+    }
+
+    fn failed_attempts(&self) -> u64 {
+        self.stats.failed_attempts.load(Ordering::Relaxed)
     }
 
     /// Waits up to the drain timeout for the spool to empty. What is left stays on disk for
@@ -322,7 +352,7 @@ impl Delivery {
         {
             Ok(rt) => rt,
             Err(e) => {
-                eprintln!("authwatch: sns: cannot start the delivery runtime: {e}");
+                tracing::warn!("authwatch: sns: cannot start the delivery runtime: {e}");
                 return;
             }
         };
@@ -348,7 +378,7 @@ impl Delivery {
             {
                 Ok(b) => b,
                 Err(e) => {
-                    eprintln!("authwatch: sns: reading the spool: {e}");
+                    tracing::warn!("authwatch: sns: reading the spool: {e}");
                     self.sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -372,7 +402,7 @@ impl Delivery {
                     // One line per 30 s at most while SNS keeps failing.
                     if last_report.elapsed() >= Duration::from_secs(30) {
                         last_report = Instant::now();
-                        eprintln!(
+                        tracing::warn!(
                             "authwatch: sns: publish to {} failed ({}); {} notification(s) spooled, retrying",
                             self.topic_arn,
                             class.detail(),
@@ -510,18 +540,18 @@ impl Delivery {
         if let Err(e) = self.spool.remove(seq) {
             // It stays on disk and would be sent again by the next run: a duplicate, with
             // the same alert id, rather than a loss.
-            eprintln!("authwatch: sns: removing a delivered message from the spool: {e}");
+            tracing::warn!("authwatch: sns: removing a delivered message from the spool: {e}");
         }
     }
 
     fn set_aside(&self, seq: u64, why: &str) {
         match self.spool.reject(seq) {
-            Ok(path) => eprintln!(
+            Ok(path) => tracing::warn!(
                 "authwatch: sns: SNS will not accept notification {} ({why}); moved to {}",
                 seq,
                 path.display()
             ),
-            Err(e) => eprintln!(
+            Err(e) => tracing::warn!(
                 "authwatch: sns: SNS will not accept notification {seq} ({why}), and moving it aside failed: {e}"
             ),
         }
@@ -531,35 +561,9 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use authwatch_rules::alert::Group;
-    use authwatch_rules::rule::Severity;
-    use std::collections::BTreeMap;
 
     fn alert(key: &str) -> Alert {
-        Alert {
-            rule: "denied-by-source-ip".into(),
-            severity: Severity::High,
-            group: Group(vec![("sourceIPs".into(), key.into())]),
-            count: 47,
-            threshold: 20,
-            window_seconds: 300,
-            window_start: 0,
-            window_end: 300_000_000,
-            codes: BTreeMap::from([("403".into(), 47)]),
-            sample_audit_ids: vec![],
-            hosts: vec![],
-            users: vec![key.into()],
-            verbs: BTreeMap::new(),
-            cluster: Some("prod".into()),
-            alert_id: "00ff".into(),
-            kind: "threshold",
-            description: String::new(),
-            distinct_count: None,
-            distinct_sample: None,
-            baseline_count: None,
-            ratio: None,
-            evicted_keys: None,
-        }
+        crate::sinks::notification::tests::alert_with(key, key)
     }
 
     #[test]

@@ -239,6 +239,8 @@ pub fn start_run(
                 ("--rediscover-interval", "2s"),
                 ("--api-rate", "20"),
                 ("--max-lateness", "0s"),
+                // Tests run in parallel: no shared default port.
+                ("--http-addr", "off"),
             ]
             .iter()
             // `extra` overrides a default.
@@ -500,4 +502,52 @@ fn proxy_one(
         stats.forwarded.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// A loopback address with a port nobody listens on (for `--http-addr`).
+pub fn free_addr() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit, failing after `limit`.
+pub fn sigterm_and_wait(
+    child: &mut Child,
+    limit: Duration,
+    stderr: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let started = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "still running {limit:?} after SIGTERM; stderr:\n{}",
+            stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An SDK configuration for the emulator at `endpoint` (static test credentials).
+pub fn sdk_conf(rt: &tokio::runtime::Runtime, endpoint: &str) -> aws_config::SdkConfig {
+    rt.block_on(
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
+                "test", "test", None, None, "static",
+            ))
+            .load(),
+    )
 }
