@@ -95,3 +95,251 @@ fn deep_nesting_bad_utf8_and_nul_bytes_are_counted_not_fatal() {
     assert_eq!(s.parse_errors_by_reason.get("invalid_json"), Some(&3));
     assert!(alerts.iter().any(|a| a.rule == "denied-by-source-ip"));
 }
+
+fn denied_at(id: &str, ip: &str, code: u16, ts: &str) -> String {
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"{id}","verb":"list","requestURI":"/api/v1/secrets","user":{{"username":"mallory"}},"sourceIPs":["{ip}"],"responseStatus":{{"code":{code}}},"requestReceivedTimestamp":"{ts}"}}"#
+    )
+}
+
+fn replay_once(
+    path: &std::path::Path,
+) -> (Vec<authwatch_rules::Alert>, authwatch::summary::Summary) {
+    authwatch_tests::run_with(
+        &[path.to_path_buf()],
+        FormatChoice::Auto,
+        bundled(),
+        None,
+        true,
+        1,
+    )
+}
+
+#[test]
+fn a_100_mb_line_is_skipped_without_stopping_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    for i in 0..10 {
+        writeln!(f, "{}", denied(i, r#"["198.51.100.7"]"#)).unwrap();
+    }
+    // 100 MiB in one line: a JSON string that never closes before the newline.
+    write!(f, r#"{{"auditID":"huge","verb":"get","x":""#).unwrap();
+    let chunk = vec![b'b'; 1 << 20];
+    for _ in 0..100 {
+        f.write_all(&chunk).unwrap();
+    }
+    writeln!(f).unwrap();
+    for i in 10..20 {
+        writeln!(f, "{}", denied(i, r#"["198.51.100.7"]"#)).unwrap();
+    }
+    drop(f);
+    // Once, prefilter on, one thread: 100 MB is read three times by `run`, for nothing more.
+    let (alerts, s) = replay_once(&path);
+    // The long line is a framing error, not a record.
+    assert_eq!(s.records, 20);
+    assert_eq!(s.parse_errors_by_reason.get("record_too_long"), Some(&1));
+    assert!(
+        s.parse_error_samples[0].location.ends_with(":11"),
+        "{:?}",
+        s.parse_error_samples
+    );
+    assert_eq!(s.events_parsed, 20);
+    // The ten denials before the line and the ten after it are one attack.
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.rule == "denied-by-source-ip" && a.count == 20),
+        "{alerts:?}"
+    );
+}
+
+#[test]
+fn far_future_epoch_and_malformed_timestamps_do_not_move_the_event_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("times.jsonl");
+    let mut text = String::new();
+    // Year 9999, twice: dropped before the engine (more than 15 min beyond the wall clock).
+    // Let through, the second would move the watermark past the first, the first would be
+    // counted and move the engine's clock to 9999, and every real event after them would be
+    // "too late" to count.
+    for (id, ts) in [
+        ("future-1", "9999-01-01T00:00:00Z"),
+        ("future-2", "9999-12-31T23:59:59.999999Z"),
+    ] {
+        text += &denied_at(id, "198.51.100.7", 403, ts);
+        text.push('\n');
+    }
+    // 1970: a valid (if odd) time, counted like any other old event.
+    text += &denied_at("epoch", "192.0.2.1", 403, "1970-01-01T00:00:00Z");
+    text.push('\n');
+    // Malformed: no usable time at all.
+    text += &denied_at("bad", "198.51.100.7", 403, "2026-13-45T99:99:99Z");
+    text.push('\n');
+    text += &denied_at("huge-year", "198.51.100.7", 403, "+275760-09-13T00:00:00Z");
+    text.push('\n');
+    for i in 0..20 {
+        text += &denied(i, r#"["198.51.100.7"]"#);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    let (alerts, s) = run(&[path], FormatChoice::Auto, bundled(), None);
+    assert_eq!(s.future_events, 2, "{s:?}");
+    assert_eq!(
+        s.parse_errors_by_reason.get("no_timestamp"),
+        Some(&2),
+        "{:?}",
+        s.parse_error_samples
+    );
+    assert_eq!(s.late_dropped, 0);
+    let fired: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.rule == "denied-by-source-ip" && a.group.0[0].1 == "198.51.100.7")
+        .collect();
+    assert_eq!(fired.len(), 1, "{alerts:#?}");
+    assert_eq!(fired[0].count, 20);
+    assert!(
+        fired[0].window_end < 2_000_000_000_000_000,
+        "{:?}",
+        fired[0]
+    );
+}
+
+#[test]
+fn the_same_audit_id_with_conflicting_contents_counts_once_at_its_first_matching_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dups.jsonl");
+    let mut text = String::new();
+    for i in 0..19 {
+        text += &denied_at(
+            &format!("id-{i}"),
+            "198.51.100.7",
+            403,
+            &format!("2026-11-20T10:00:{i:02}Z"),
+        );
+        text.push('\n');
+    }
+    // Copy 1 of "dup": a 200, which the rule does not match, so it is not what counts.
+    text += &denied_at("dup", "198.51.100.7", 200, "2026-11-20T10:00:30Z");
+    text.push('\n');
+    // Copy 2: the first that matches; it counts (the 20th from .7).
+    text += &denied_at("dup", "198.51.100.7", 403, "2026-11-20T10:00:31Z");
+    text.push('\n');
+    // Copies 3 and 4: same auditID, other address and code: ignored for the rule, counted
+    // as duplicates; they must not give .9 a count either.
+    for (k, code) in [(32, 403), (33, 401)] {
+        text += &denied_at(
+            "dup",
+            "198.51.100.9",
+            code,
+            &format!("2026-11-20T10:00:{k}Z"),
+        );
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    let rules = authwatch_rules::load_rules(
+        "t.yaml",
+        "id: by-ip\nmatch: {responseStatus.code: [401, 403]}\ngroup_by: [sourceIPs]\nwindow: 5m\nthreshold: 1\ncooldown: 1s\n---\nid: twenty\nmatch: {responseStatus.code: [401, 403]}\ngroup_by: [sourceIPs]\nwindow: 5m\nthreshold: 20\n",
+    )
+    .unwrap();
+    let (alerts, s) = run(&[path], FormatChoice::Auto, rules, None);
+    assert_eq!(s.duplicates, 4, "2 ignored copies x 2 rules: {s:?}");
+    let twenty: Vec<_> = alerts.iter().filter(|a| a.rule == "twenty").collect();
+    assert_eq!(twenty.len(), 1, "{alerts:#?}");
+    assert_eq!(twenty[0].count, 20);
+    assert_eq!(
+        twenty[0].sample_audit_ids.last().map(String::as_str),
+        Some("dup")
+    );
+    assert!(
+        !alerts.iter().any(|a| a.group.0[0].1 == "198.51.100.9"),
+        "a later copy counted: {alerts:#?}"
+    );
+}
+
+/// `n` gzip members of `member_bytes` zeros each: `n * member_bytes` bytes decompressed from
+/// about a thousandth of that.
+fn gzip_bomb(prefix: &[u8], member_bytes: usize, n: usize) -> Vec<u8> {
+    use flate2::write::GzEncoder;
+    let gz = |data: &[u8]| {
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let mut out = gz(prefix);
+    let member = gz(&vec![0u8; member_bytes]);
+    for _ in 0..n {
+        out.extend_from_slice(&member);
+    }
+    out
+}
+
+#[test]
+fn a_gzip_bomb_stops_its_input_with_a_clear_error_not_an_oom() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10 GiB of zeros (1,024 members of 10 MiB) behind ten real events; about 10 MB on disk.
+    let mut prefix = String::new();
+    for i in 0..10 {
+        prefix += &denied(i, r#"["198.51.100.7"]"#);
+        prefix.push('\n');
+    }
+    let bomb = gzip_bomb(prefix.as_bytes(), 10 << 20, 1024);
+    assert!(bomb.len() < 16 << 20, "{}", bomb.len());
+    for name in ["bomb.jsonl.gz", "bomb.json.gz"] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bomb).unwrap();
+        let format = if name == "bomb.json.gz" {
+            // A whole-document framing: read into memory, so it needs the bound most.
+            FormatChoice::Fixed(authwatch_event::framing::Format::FilterLogEvents)
+        } else {
+            FormatChoice::Auto
+        };
+        let mut sink = authwatch_tests::Collect::default();
+        let opts = authwatch::replay::ReplayOptions {
+            inputs: vec![path.clone()],
+            format,
+            max_lateness: 120_000_000,
+            cluster: None,
+            progress: false,
+            prefilter: true,
+            threads: 1,
+            metrics: None,
+        };
+        let err = authwatch::replay::replay(&opts, bundled(), vec![&mut sink])
+            .expect_err("a gzip bomb is refused")
+            .to_string();
+        assert!(err.contains(name), "{err}");
+        assert!(err.contains("decompression bomb"), "{err}");
+    }
+}
+
+#[test]
+fn a_catastrophic_regex_runs_in_linear_time_on_a_100_kb_value() {
+    // `(a+)+$` backtracks exponentially in backtracking engines; the regex crate is a finite
+    // automaton (linear in the input), so this finishes: no timing is asserted, only that it
+    // completes and answers correctly.
+    let rules = authwatch_rules::load_rules(
+        "evil.yaml",
+        "id: evil\nmatch: {userAgent: {regex: '(a+)+$'}, responseStatus.code: 403}\ngroup_by: [sourceIPs]\nwindow: 1m\nthreshold: 1\n",
+    )
+    .expect("the regex is accepted");
+    let mut engine = authwatch_rules::Engine::new(rules, authwatch_rules::EngineConfig::default());
+    let mut alerts = Vec::new();
+    for (id, tail) in [("no", "!"), ("yes", "")] {
+        let agent = format!("{}{tail}", "a".repeat(100_000));
+        let line = format!(
+            r#"{{"auditID":"{id}","userAgent":"{agent}","sourceIPs":["192.0.2.{}"],"responseStatus":{{"code":403}},"requestReceivedTimestamp":"2026-11-20T10:00:00Z"}}"#,
+            id.len()
+        );
+        let record = authwatch_event::RawRecord {
+            message: line.as_bytes(),
+            ..Default::default()
+        };
+        authwatch_event::visit_events(&record, &mut |ev| {
+            engine.observe(&ev.expect("an event"), &mut alerts)
+        });
+    }
+    engine.finish(&mut alerts);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].sample_audit_ids, ["yes"]);
+}

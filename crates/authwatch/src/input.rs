@@ -55,6 +55,63 @@ pub fn read_line_bounded(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> 
     }
 }
 
+/// Gzip inputs may decompress to at most this many times the compressed bytes read so far,
+/// plus [`GZIP_SLACK_BYTES`]. Audit logs compress about 10:1 (the shared corpus: 9.6:1; the
+/// demo export about 8:1); deflate cannot exceed about 1032:1, which is what a gzip bomb
+/// (gigabytes of zeros) uses. Past the bound the input stops with an error that names it:
+/// the bomb costs neither memory nor unbounded time.
+pub const MAX_GZIP_RATIO: u64 = 200;
+
+/// Decompressed bytes always allowed before [`MAX_GZIP_RATIO`] applies (64 MiB).
+pub const GZIP_SLACK_BYTES: u64 = 64 << 20;
+
+/// Largest whole document (filter-log-events output, subscription payloads as a file)
+/// read into memory: 1 GiB. Line framings stream and have no such limit.
+pub const MAX_DOCUMENT_BYTES: u64 = 1 << 30;
+
+/// Counts the compressed bytes a decoder pulls.
+struct CountCompressed<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for CountCompressed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A gzip decoder whose output is bounded by a ratio to its input (see [`MAX_GZIP_RATIO`]).
+struct RatioBounded<R> {
+    decoder: R,
+    compressed: Arc<AtomicU64>,
+    decompressed: u64,
+}
+
+impl<R: Read> Read for RatioBounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.decoder.read(buf)?;
+        self.decompressed += n as u64;
+        let compressed = self.compressed.load(Ordering::Relaxed);
+        let allowed = compressed
+            .saturating_mul(MAX_GZIP_RATIO)
+            .saturating_add(GZIP_SLACK_BYTES);
+        if self.decompressed > allowed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "gzip decompresses to more than {MAX_GZIP_RATIO} times its size \
+                     ({} bytes from {compressed}): refused as a decompression bomb",
+                    self.decompressed
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
 /// How many leading bytes are looked at to recognize a framing.
 const PEEK: usize = 64 * 1024;
 
@@ -319,9 +376,19 @@ fn peek(mut r: Box<dyn Read>) -> io::Result<(Box<dyn Read>, Vec<u8>)> {
 pub fn open_decoded(r: Box<dyn Read>) -> io::Result<(Box<dyn BufRead>, Vec<u8>)> {
     let (r, head) = peek(r)?;
     let (r, head) = if is_gzip(&head) {
-        peek(Box::new(flate2::read::MultiGzDecoder::new(
-            BufReader::with_capacity(256 * 1024, r),
-        )))?
+        let compressed = Arc::new(AtomicU64::new(0));
+        let decoder = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+            256 * 1024,
+            CountCompressed {
+                inner: r,
+                count: compressed.clone(),
+            },
+        ));
+        peek(Box::new(RatioBounded {
+            decoder,
+            compressed,
+            decompressed: 0,
+        }))?
     } else {
         (r, head)
     };
@@ -363,8 +430,7 @@ fn read_framed(
             result?;
         }
     } else {
-        let mut doc = Vec::new();
-        reader.read_to_end(&mut doc)?;
+        let doc = read_document_bounded(reader.as_mut(), MAX_DOCUMENT_BYTES)?;
         let mut n = 0u64;
         let mut result = Ok(());
         framing::records_in_document(format, &doc, origin, &mut |r| {
@@ -382,6 +448,20 @@ fn read_framed(
         });
         result
     }
+}
+
+/// Reads a whole document, refusing one longer than `max` bytes with an error (after
+/// reading at most `max + 1` bytes).
+pub fn read_document_bounded<R: Read + ?Sized>(r: &mut R, max: u64) -> io::Result<Vec<u8>> {
+    let mut doc = Vec::new();
+    Read::take(r, max.saturating_add(1)).read_to_end(&mut doc)?;
+    if doc.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("document longer than {max} bytes (the limit for whole-document framings)"),
+        ));
+    }
+    Ok(doc)
 }
 
 /// One stream of an export tree being read: its current line and time.
@@ -511,5 +591,64 @@ impl<R: Read> Read for CountingReader<R> {
         let n = self.inner.read(buf)?;
         self.count.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn a_document_over_the_limit_is_refused_after_reading_one_byte_past_it() {
+        let mut r = io::repeat(b'x'); // endless
+        let err = read_document_bounded(&mut r, 1000).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("longer than 1000 bytes"), "{err}");
+        let ok = read_document_bounded(&mut Cursor::new(vec![b'y'; 1000]), 1000).unwrap();
+        assert_eq!(ok.len(), 1000);
+    }
+
+    #[test]
+    fn gzip_within_the_ratio_reads_whole() {
+        let text: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("{{\"auditID\":\"{i:08x}\"}}\n").into_bytes())
+            .collect();
+        let (mut r, head) = open_decoded(Box::new(Cursor::new(gz(&text)))).unwrap();
+        assert!(text.starts_with(&head));
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_cut_off_near_the_slack_not_read_to_its_end() {
+        // 1 GiB of zeros from 100 members of 10 MiB each (about 1 MB compressed).
+        let member = gz(&vec![0u8; 10 << 20]);
+        let bomb: Vec<u8> = member
+            .iter()
+            .copied()
+            .cycle()
+            .take(member.len() * 100)
+            .collect();
+        let (mut r, _) = open_decoded(Box::new(Cursor::new(bomb))).unwrap();
+        let mut sink = [0u8; 1 << 16];
+        let mut total = 0u64;
+        let err = loop {
+            match r.read(&mut sink) {
+                Ok(0) => panic!("read the whole bomb: {total} bytes"),
+                Ok(n) => total += n as u64,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("decompression bomb"), "{err}");
+        assert!(total < 1 << 30, "{total}");
     }
 }

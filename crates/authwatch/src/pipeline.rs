@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use authwatch_event::event::check_structure;
 use authwatch_event::framing::FramingError;
-use authwatch_event::{cluster_from_log_group, visit_events, RawRecord};
+use authwatch_event::{cluster_from_log_group, visit_events, Micros, RawRecord};
 use authwatch_rules::{Alert, Engine, EngineStats, Matcher, Prefilter, Prepared};
 use serde::Serialize;
 
@@ -17,6 +17,43 @@ use crate::sinks::AlertSink;
 
 /// How many parse-error samples a summary keeps.
 pub const MAX_ERROR_SAMPLES: usize = 10;
+
+/// How far beyond the wall clock an event's time may be before the pipeline drops it
+/// (15 minutes): API servers' clocks are NTP-synced, so more than that is a forged or broken
+/// timestamp, and letting it through would move the engine's event clock into the future
+/// and close every window on the real events that follow.
+pub const DEFAULT_MAX_FUTURE_SKEW: Micros = 15 * 60 * 1_000_000;
+
+/// A wall clock in microseconds since the epoch (the pipeline's only use of real time).
+pub type WallClock = fn() -> Micros;
+
+/// The system's wall clock.
+pub fn system_now() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Drops events dated more than `skew` beyond the wall clock. The engine stays pure (it
+/// never reads a clock); this is the one place "now" comes in. The clock is read only when
+/// an event is beyond the last limit computed, so the common case costs one comparison, and
+/// a replay of old exports is never affected.
+#[derive(Debug, Clone, Copy)]
+struct FutureGuard {
+    skew: Micros,
+    clock: WallClock,
+    limit: Micros,
+}
+
+impl FutureGuard {
+    fn admits(&mut self, t: Micros) -> bool {
+        if t <= self.limit {
+            return true;
+        }
+        self.limit = (self.clock)().saturating_add(self.skew);
+        t <= self.limit
+    }
+}
 
 /// One bad record, as the summary shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -47,6 +84,9 @@ pub struct Counters {
     pub parse_error_samples: Vec<ErrorSample>,
     /// Alerts handed to the sinks.
     pub alerts: u64,
+    /// Events dated more than the allowed skew beyond the wall clock, dropped before the
+    /// engine (see [`DEFAULT_MAX_FUTURE_SKEW`]); also in `events_parsed`.
+    pub future_events: u64,
 }
 
 impl Counters {
@@ -211,6 +251,7 @@ pub struct Pipeline<'s> {
     alerts: Vec<Alert>,
     counters: Counters,
     metrics: Option<Metrics>,
+    future: Option<FutureGuard>,
     alerts_by_rule_severity: BTreeMap<(String, String), u64>,
 }
 
@@ -241,8 +282,25 @@ impl<'s> Pipeline<'s> {
             alerts: Vec::new(),
             counters: Counters::default(),
             metrics: None,
+            future: Some(FutureGuard {
+                skew: DEFAULT_MAX_FUTURE_SKEW,
+                clock: system_now,
+                limit: Micros::MIN,
+            }),
             alerts_by_rule_severity: BTreeMap::new(),
         }
+    }
+
+    /// Drops (and counts in `future_events`) events dated more than `skew` beyond `clock`;
+    /// `None` lets every event through. The default is [`DEFAULT_MAX_FUTURE_SKEW`] against
+    /// [`system_now`].
+    pub fn with_max_future_skew(mut self, skew: Option<Micros>, clock: WallClock) -> Self {
+        self.future = skew.map(|skew| FutureGuard {
+            skew,
+            clock,
+            limit: Micros::MIN,
+        });
+        self
     }
 
     /// Counts metrics and hands them to `publisher` every interval. Metrics count every
@@ -290,6 +348,12 @@ impl<'s> Pipeline<'s> {
                 }
                 Outcome::Event(p) => {
                     self.counters.events_parsed += 1;
+                    if let (Some(g), Some(t)) = (&mut self.future, p.time()) {
+                        if !g.admits(t) {
+                            self.counters.future_events += 1;
+                            continue;
+                        }
+                    }
                     if let Some(m) = &mut self.metrics {
                         m.tally.newest_event = m.tally.newest_event.max(p.time());
                     }
@@ -425,5 +489,132 @@ impl<'s> Pipeline<'s> {
     /// The engine's counters.
     pub fn engine_stats(&self) -> &EngineStats {
         self.engine.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use authwatch_rules::{load_rules, EngineConfig};
+
+    /// 2026-11-20T10:00:00Z, the fixed "now" of these tests.
+    const NOW: Micros = 1_795_168_800_000_000;
+
+    fn fixed_now() -> Micros {
+        NOW
+    }
+
+    struct Keep(Vec<Alert>);
+    impl AlertSink for Keep {
+        fn name(&self) -> &str {
+            "keep"
+        }
+        fn deliver(&mut self, alert: &Alert) -> io::Result<()> {
+            self.0.push(alert.clone());
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn line(id: &str, ts: &str) -> String {
+        format!(
+            r#"{{"auditID":"{id}","sourceIPs":["198.51.100.7"],"responseStatus":{{"code":403}},"requestReceivedTimestamp":"{ts}"}}"#
+        )
+    }
+
+    fn feed(skew: Option<Micros>, lines: &[String]) -> (Counters, Vec<Alert>) {
+        let rules = load_rules(
+            "r.yaml",
+            "id: r\nmatch: {responseStatus.code: 403}\ngroup_by: [sourceIPs]\nwindow: 5m\nthreshold: 3\n",
+        )
+        .unwrap();
+        let mut keep = Keep(Vec::new());
+        let counters = {
+            let mut p = Pipeline::new(
+                Engine::new(rules, EngineConfig::default()),
+                vec![&mut keep],
+                true,
+            )
+            .with_max_future_skew(skew, fixed_now);
+            for (i, l) in lines.iter().enumerate() {
+                let record = RawRecord {
+                    message: l.as_bytes(),
+                    ..Default::default()
+                };
+                let loc = Location {
+                    name: "t",
+                    index: i as u64 + 1,
+                    is_line: true,
+                };
+                p.on_record(Ok(record), loc).unwrap();
+            }
+            p.finish().unwrap();
+            p.counters().clone()
+        };
+        (counters, keep.0)
+    }
+
+    /// Two events dated `futures` (more than the 2-minute lateness bound apart), then three
+    /// real denials from 09:50. Two, because the newest event only moves the watermark; the
+    /// one before it is then released, counted, and moves the engine's clock.
+    fn attack_after(futures: [&str; 2]) -> Vec<String> {
+        let mut lines = vec![line("f1", futures[0]), line("f2", futures[1])];
+        for (i, s) in ["00", "10", "20"].iter().enumerate() {
+            lines.push(line(&format!("a{i}"), &format!("2026-11-20T09:50:{s}Z")));
+        }
+        lines
+    }
+
+    #[test]
+    fn an_event_beyond_now_plus_skew_is_dropped_and_counted() {
+        // 16 minutes ahead of "now": dropped; the attack after it fires.
+        let (c, alerts) = feed(
+            Some(DEFAULT_MAX_FUTURE_SKEW),
+            &attack_after(["2026-11-20T10:16:00Z", "2026-11-20T10:19:00Z"]),
+        );
+        assert_eq!(c.future_events, 2);
+        assert_eq!(c.events_parsed, 5);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].count, 3);
+    }
+
+    #[test]
+    fn an_event_within_the_skew_is_kept() {
+        // 14 minutes ahead: kept (clocks drift a little). It moves the watermark, so the
+        // attack 24 minutes before it arrives late and, its windows closed, is not counted:
+        // what an unbounded future time would do to every later event.
+        let (c, alerts) = feed(
+            Some(DEFAULT_MAX_FUTURE_SKEW),
+            &attack_after(["2026-11-20T10:11:00Z", "2026-11-20T10:14:00Z"]),
+        );
+        assert_eq!(c.future_events, 0);
+        assert!(alerts.is_empty(), "{alerts:?}");
+    }
+
+    #[test]
+    fn without_the_guard_a_far_future_event_blinds_the_engine() {
+        let far = ["9999-01-01T00:00:00Z", "9999-12-31T23:59:59Z"];
+        let (c, alerts) = feed(None, &attack_after(far));
+        assert_eq!(c.future_events, 0);
+        assert!(alerts.is_empty(), "{alerts:?}");
+        let (c, alerts) = feed(Some(DEFAULT_MAX_FUTURE_SKEW), &attack_after(far));
+        assert_eq!(c.future_events, 2);
+        assert_eq!(alerts.len(), 1);
+    }
+
+    #[test]
+    fn the_guard_reads_the_clock_again_when_an_event_is_beyond_its_limit() {
+        let mut g = FutureGuard {
+            skew: 10,
+            clock: fixed_now,
+            limit: Micros::MIN,
+        };
+        assert!(g.admits(NOW));
+        assert_eq!(g.limit, NOW + 10);
+        assert!(g.admits(NOW + 10));
+        assert!(!g.admits(NOW + 11));
+        assert!(g.admits(Micros::MIN));
     }
 }

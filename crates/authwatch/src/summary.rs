@@ -33,6 +33,9 @@ pub struct Summary {
     pub missing_group_key: u64,
     /// Rule matches whose fan-out over a list (sourceIPs) was cut to 16 keys.
     pub fanout_capped: u64,
+    /// Events dated more than 15 minutes beyond the wall clock: dropped, so that they cannot
+    /// move the event clock.
+    pub future_events: u64,
     /// Records or events that could not be used, with reasons and samples.
     pub parse_errors: u64,
     /// By reason.
@@ -82,6 +85,7 @@ impl Summary {
             late_dropped: e.late_dropped,
             missing_group_key: e.missing_group_key,
             fanout_capped: e.fanout_capped,
+            future_events: c.future_events,
             parse_errors: c.parse_errors,
             parse_errors_by_reason: c.parse_errors_by_reason.clone(),
             parse_error_samples: c.parse_error_samples.clone(),
@@ -129,6 +133,13 @@ impl Summary {
                 s,
                 "matches whose sourceIPs fan-out was cut to 16 keys (forged lists?): {}",
                 self.fanout_capped
+            );
+        }
+        if self.future_events > 0 {
+            let _ = writeln!(
+                s,
+                "events dated more than 15 min beyond the wall clock, not counted: {}",
+                self.future_events
             );
         }
         if self.parse_errors > 0 {
