@@ -495,6 +495,7 @@ fn snapshot(
     events.insert("no_timestamp", e.no_timestamp);
     events.insert("missing_group_key", e.missing_group_key);
     events.insert("fanout_capped", e.fanout_capped);
+    events.insert("future", c.future_events);
     crate::service::Snapshot {
         records: records.clone(),
         events,

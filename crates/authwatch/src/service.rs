@@ -28,7 +28,8 @@ pub struct Snapshot {
     /// Records read, by log group.
     pub records: BTreeMap<String, u64>,
     /// Events by outcome: `parsed`, `matched`, `duplicate`, `late`, `late_dropped`,
-    /// `no_timestamp`, `missing_group_key`, `fanout_capped`.
+    /// `no_timestamp`, `missing_group_key`, `fanout_capped`, `future` (dated beyond the wall
+    /// clock's skew, dropped).
     pub events: BTreeMap<&'static str, u64>,
     /// Parse errors by reason.
     pub parse_errors: BTreeMap<String, u64>,
