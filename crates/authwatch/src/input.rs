@@ -127,6 +127,19 @@ pub enum FormatChoice {
     Fixed(Format),
 }
 
+impl FormatChoice {
+    /// Parses `--format`: `auto` or a framing name (a clap value parser for every command
+    /// that reads inputs).
+    pub fn parse_arg(s: &str) -> Result<FormatChoice, String> {
+        if s == "auto" {
+            return Ok(FormatChoice::Auto);
+        }
+        s.parse::<Format>().map(FormatChoice::Fixed).map_err(|e| {
+            format!("{e} (expected auto, jsonl, cw-export, filter-log-events, subscription)")
+        })
+    }
+}
+
 /// An input that cannot be read. Always names the input.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {error}")]

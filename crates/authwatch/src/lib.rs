@@ -3,6 +3,14 @@
 //! Decoding lives in `authwatch-event` and detection in `authwatch-rules`; this crate wires
 //! them to files, standard input and outputs.
 
+/// The runtime every AWS call of authwatch runs on: one thread (the work is waiting for
+/// the network), timers and I/O enabled.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 pub mod alarms;
 pub mod config;
 pub mod demo;

@@ -159,12 +159,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-}
-
 /// The longest `window` and the longest `window + cooldown` of `rules`, µs.
 fn rule_spans(rules: &[Rule]) -> (Micros, Micros) {
     let window = rules.iter().map(|r| r.window).max().unwrap_or(0);
@@ -190,7 +184,7 @@ fn default_cluster<'a>(configured: Option<&'a str>, log_groups: &'a [String]) ->
 
 /// Runs until killed (or until a sink or the state directory fails).
 pub fn run(opts: &RunOptions, rules: Vec<Rule>, sink: &mut dyn AlertSink) -> Result<(), LiveError> {
-    runtime()?.block_on(run_async(opts, rules, sink))
+    crate::runtime()?.block_on(run_async(opts, rules, sink))
 }
 
 async fn run_async(
@@ -305,7 +299,7 @@ async fn run_async(
             ..EngineConfig::default()
         },
     );
-    let mut ledger_sink = LedgerSink::new(ledger.clone(), vec![sink]);
+    let mut ledger_sink = LedgerSink::new(ledger.clone(), sink);
     // No prefilter live: every decoded event moves the watermark, so held matches are
     // released as soon as time moves on (live volumes are far below decoding speed).
     let mut pipeline = Pipeline::new(engine, vec![&mut ledger_sink], false);
@@ -561,7 +555,7 @@ pub fn for_each_range_record(
     api_rate: f64,
     f: &mut dyn FnMut(RawRecord<'_>, Location<'_>) -> std::io::Result<()>,
 ) -> Result<(), LiveError> {
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let client = build_client(&ClientConfig {
             region,
             attempt_timeout: None,

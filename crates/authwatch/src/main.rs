@@ -14,7 +14,6 @@ use authwatch::sinks::json_lines::{JsonLinesSink, JsonLinesTarget};
 use authwatch::sinks::sns::{SnsConfig, SnsNotifier};
 use authwatch::sinks::spool::SpoolLimits;
 use authwatch::sinks::{self, AlertSink};
-use authwatch_event::framing::Format;
 use authwatch_event::time::parse_timestamp;
 use authwatch_rules::rule::parse_duration;
 use authwatch_rules::RuleKind;
@@ -175,7 +174,7 @@ struct ReplayArgs {
     #[arg(long = "rules", value_name = "PATH")]
     rules: Vec<PathBuf>,
     /// Input framing: auto (by content), jsonl, cw-export, filter-log-events, subscription.
-    #[arg(long, default_value = "auto", value_parser = parse_format)]
+    #[arg(long, default_value = "auto", value_parser = FormatChoice::parse_arg)]
     format: FormatChoice,
     /// Append alert lines to FILE (the same as `--sink file:FILE`).
     #[arg(long, short, value_name = "FILE")]
@@ -475,15 +474,6 @@ struct GenerateArgs {
     streams: usize,
 }
 
-fn parse_format(s: &str) -> Result<FormatChoice, String> {
-    if s == "auto" {
-        return Ok(FormatChoice::Auto);
-    }
-    s.parse::<Format>().map(FormatChoice::Fixed).map_err(|e| {
-        format!("{e} (expected auto, jsonl, cw-export, filter-log-events, subscription)")
-    })
-}
-
 fn parse_duration_arg(s: &str) -> Result<i64, String> {
     parse_duration(s).ok_or_else(|| format!("`{s}` is not a duration like 30s, 2m, 1h"))
 }
@@ -695,10 +685,7 @@ fn alarms_sync(args: AlarmsSyncArgs) -> ExitCode {
         anomaly_band: args.anomaly_band,
     };
     let desired = authwatch::alarms::plan(&rules, &opts);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match authwatch::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("authwatch: {e}");

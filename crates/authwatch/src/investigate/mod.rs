@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use authwatch_event::framing::{Format, FramingError};
+use authwatch_event::framing::FramingError;
 use authwatch_event::time::parse_timestamp;
 use authwatch_event::{visit_events, Micros};
 use authwatch_rules::field::EventFacts;
@@ -62,7 +62,7 @@ pub struct InvestigateArgs {
     #[arg(long, default_value_t = 2.0, requires = "log_group")]
     pub api_rate: f64,
     /// Input framing: auto (by content), jsonl, cw-export, filter-log-events, subscription.
-    #[arg(long, default_value = "auto", value_parser = parse_input_format)]
+    #[arg(long, default_value = "auto", value_parser = FormatChoice::parse_arg)]
     pub input_format: FormatChoice,
     /// Rule files or directories (default: the bundled rules); used for the alerts and --rule.
     #[arg(long = "rules", value_name = "PATH")]
@@ -129,15 +129,6 @@ impl InvestigateArgs {
             .chain(args.into_iter().map(Into::into));
         Standalone::try_parse_from(argv).map(|s| s.args)
     }
-}
-
-fn parse_input_format(s: &str) -> Result<FormatChoice, String> {
-    if s == "auto" {
-        return Ok(FormatChoice::Auto);
-    }
-    s.parse::<Format>().map(FormatChoice::Fixed).map_err(|e| {
-        format!("{e} (expected auto, jsonl, cw-export, filter-log-events, subscription)")
-    })
 }
 
 fn parse_bucket(s: &str) -> Result<Micros, String> {

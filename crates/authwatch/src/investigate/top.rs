@@ -21,7 +21,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 
 use super::agg::{clean, dim_values};
-use super::{build_filter, parse_input_format};
+use super::build_filter;
 use crate::input::{plan, FormatChoice};
 use crate::pipeline::Pipeline;
 use crate::rule_files;
@@ -34,7 +34,7 @@ pub struct TopArgs {
     #[arg(required = true, value_name = "PATH")]
     pub inputs: Vec<PathBuf>,
     /// Input framing: auto (by content), jsonl, cw-export, filter-log-events, subscription.
-    #[arg(long, default_value = "auto", value_parser = parse_input_format)]
+    #[arg(long, default_value = "auto", value_parser = crate::input::FormatChoice::parse_arg)]
     pub input_format: FormatChoice,
     /// Rule files or directories (default: the bundled rules), for the alerts.
     #[arg(long = "rules", value_name = "PATH")]

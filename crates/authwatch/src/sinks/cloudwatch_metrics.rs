@@ -411,10 +411,7 @@ impl MetricsPublisher {
 }
 
 fn api_thread(namespace: String, region: Option<String>, rx: mpsc::Receiver<Job>) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::warn!("authwatch: metrics: cannot start a runtime: {e}");

@@ -124,14 +124,14 @@ impl SentLedger {
 /// then records it.
 pub struct LedgerSink<'a> {
     ledger: Rc<RefCell<SentLedger>>,
-    inner: Vec<&'a mut dyn AlertSink>,
+    inner: &'a mut dyn AlertSink,
     suppressed: u64,
     journal_failures: u64,
 }
 
 impl<'a> LedgerSink<'a> {
-    /// Wraps `inner`.
-    pub fn new(ledger: Rc<RefCell<SentLedger>>, inner: Vec<&'a mut dyn AlertSink>) -> Self {
+    /// Wraps `inner` (several sinks: a [`super::Fanout`]).
+    pub fn new(ledger: Rc<RefCell<SentLedger>>, inner: &'a mut dyn AlertSink) -> Self {
         LedgerSink {
             ledger,
             inner,
@@ -156,10 +156,7 @@ impl AlertSink for LedgerSink<'_> {
             self.suppressed += 1;
             return Ok(());
         }
-        for s in &mut self.inner {
-            s.deliver(alert)
-                .map_err(|e| io::Error::new(e.kind(), format!("sink {}: {e}", s.name())))?;
-        }
+        self.inner.deliver(alert)?;
         // Delivered; if it cannot be journalled (state directory full or read-only), a
         // restart may deliver it once more (same alert_id): a duplicate, never a loss.
         if let Err(e) = self.ledger.borrow_mut().record(alert) {
@@ -174,22 +171,14 @@ impl AlertSink for LedgerSink<'_> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        for s in &mut self.inner {
-            s.flush()?;
-        }
-        Ok(())
+        self.inner.flush()
     }
 
     fn close(&mut self) -> io::Result<()> {
-        for s in &mut self.inner {
-            s.close()?;
-        }
-        Ok(())
+        self.inner.close()
     }
 
     fn figures(&self, out: &mut std::collections::BTreeMap<String, super::SinkFigures>) {
-        for s in &self.inner {
-            s.figures(out);
-        }
+        self.inner.figures(out);
     }
 }

@@ -346,10 +346,7 @@ enum Attempt {
 
 impl Delivery {
     fn run(self) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let rt = match crate::runtime() {
             Ok(rt) => rt,
             Err(e) => {
                 tracing::warn!("authwatch: sns: cannot start the delivery runtime: {e}");
