@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use aws_sdk_cloudwatch::types::{Dimension, StateValue};
@@ -52,46 +52,8 @@ impl Aws {
     }
 
     fn topic_with_queue(&self, name: &str) -> (String, String) {
-        self.rt.block_on(async {
-            let topic = self
-                .sns
-                .create_topic()
-                .name(name)
-                .send()
-                .await
-                .unwrap()
-                .topic_arn
-                .unwrap();
-            let url = self
-                .sqs
-                .create_queue()
-                .queue_name(name)
-                .send()
-                .await
-                .unwrap()
-                .queue_url
-                .unwrap();
-            let arn = self
-                .sqs
-                .get_queue_attributes()
-                .queue_url(&url)
-                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                .send()
-                .await
-                .unwrap()
-                .attributes
-                .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-                .clone();
-            self.sns
-                .subscribe()
-                .topic_arn(&topic)
-                .protocol("sqs")
-                .endpoint(arn)
-                .send()
-                .await
-                .unwrap();
-            (topic, url)
-        })
+        self.rt
+            .block_on(topic_with_queue(&self.sns, &self.sqs, name, false))
     }
 
     fn alarms(&self, prefix: &str) -> Vec<aws_sdk_cloudwatch::types::MetricAlarm> {
@@ -123,12 +85,8 @@ impl Aws {
 }
 
 fn authwatch(endpoint: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_authwatch"))
+    authwatch_cmd(Some(endpoint))
         .args(args)
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
         .output()
         .expect("run authwatch")
 }

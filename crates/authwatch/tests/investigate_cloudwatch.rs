@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{attack, emulator, now_ms, rfc3339_ms, unique_group, Emu};
+use support::{attack, authwatch_cmd, emulator, group_with_streams, now_ms, rfc3339_ms, Emu};
 
 const S1: &str = "kube-apiserver-audit-0123456789abcdef0123456789abcdef";
 const S2: &str = "kube-apiserver-audit-fedcba9876543210fedcba9876543210";
@@ -13,11 +13,7 @@ const S2: &str = "kube-apiserver-audit-fedcba9876543210fedcba9876543210";
 fn investigate_reads_a_log_group_range() {
     let Some(ep) = emulator() else { return };
     let emu = Emu::new(&ep);
-    let g = unique_group("investigate");
-    emu.create_group(&g);
-    for s in [S1, S2] {
-        emu.create_stream(&g, s);
-    }
+    let g = group_with_streams(&emu, "investigate", &[S1, S2]);
     let t0 = now_ms() - 600_000;
     // 25 denials from one address through S1, 5 more through S2, and 21 outside the range.
     emu.put(
@@ -35,7 +31,7 @@ fn investigate_reads_a_log_group_range() {
         S2,
         &attack("inv-out", 21, t0 + 400_000, 1_000, "203.0.113.72", "eve"),
     );
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_authwatch"))
+    let o = authwatch_cmd(Some(&ep))
         .args([
             "investigate",
             "--format",
@@ -47,10 +43,6 @@ fn investigate_reads_a_log_group_range() {
         .arg(rfc3339_ms(t0 - 1_000))
         .arg("--end")
         .arg(rfc3339_ms(t0 + 300_000))
-        .env("AWS_ENDPOINT_URL", &ep)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
         .output()
         .expect("run authwatch");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

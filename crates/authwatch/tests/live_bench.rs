@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::net::ToSocketAddrs;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -144,12 +143,7 @@ fn calls_per_minute(rate: usize, tag: &str) -> Load {
     let ep = emulator().unwrap();
     let emu = Emu::new(&ep);
     let g = setup(&emu, tag);
-    let upstream = ep
-        .trim_start_matches("http://")
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .unwrap();
+    let upstream = emulator_addr(&ep);
     let (proxy, stats, _stop) = start_fault_proxy(upstream, 1, 0, 0, 0);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("alerts.jsonl");

@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::net::ToSocketAddrs;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -16,15 +15,6 @@ use support::*;
 const S1: &str = "kube-apiserver-audit-0123456789abcdef0123456789abcdef";
 const S2: &str = "kube-apiserver-audit-fedcba9876543210fedcba9876543210";
 const API_STREAM: &str = "kube-apiserver-0123456789abcdef0123456789abcdef";
-
-fn group_with_streams(emu: &Emu, tag: &str, streams: &[&str]) -> String {
-    let g = unique_group(tag);
-    emu.create_group(&g);
-    for s in streams {
-        emu.create_stream(&g, s);
-    }
-    g
-}
 
 /// The alert for 20 denials from `ip` fires at the 20th event: its `window_end` proves that
 /// none of the first 20 was lost and none counted twice.
@@ -314,12 +304,7 @@ fn throttling_server_errors_and_dropped_connections_lose_nothing() {
     let Some(ep) = emulator() else { return };
     let emu = Emu::new(&ep);
     let g = group_with_streams(&emu, "faults", &[S1, S2]);
-    let upstream = ep
-        .trim_start_matches("http://")
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .unwrap();
+    let upstream = emulator_addr(&ep);
     // 20 % throttled, 10 % HTTP 500, 10 % connection closed without an answer.
     let (proxy, stats, stop) = start_fault_proxy(upstream, 7, 20, 10, 10);
     let dir = tempfile::tempdir().unwrap();
@@ -478,15 +463,11 @@ fn replay_of_a_closed_range_reads_it_and_ends() {
     emu.put(&g, S2, &b);
     let mut noise = Noise::load();
     emu.put(&g, S2, &noise.events(100, t0, 1_000));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_authwatch"))
+    let o = authwatch_cmd(Some(&ep))
         .args(["replay", "--log-group", &g, "--start"])
         .arg(rfc3339_ms(t0 - 1_000))
         .arg("--end")
         .arg(rfc3339_ms(t0 + 300_000))
-        .env("AWS_ENDPOINT_URL", &ep)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -511,12 +492,7 @@ fn an_authorization_error_names_the_permission_and_is_retried_until_it_clears() 
     let Some(ep) = emulator() else { return };
     let emu = Emu::new(&ep);
     let g = group_with_streams(&emu, "denied", &[S1]);
-    let upstream = ep
-        .trim_start_matches("http://")
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .unwrap();
+    let upstream = emulator_addr(&ep);
     let (proxy, stats, _stop) = start_denying_proxy(upstream, 3);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("alerts.jsonl");

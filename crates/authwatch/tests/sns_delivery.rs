@@ -7,9 +7,9 @@
 mod support;
 
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,41 +40,14 @@ impl Aws {
     /// A topic with a queue subscribed to it; names made unique per test. Returns (topic
     /// ARN, queue URL).
     fn topic_with_queue(&self, tag: &str, fifo: bool) -> (String, String) {
-        let name = format!("authwatch-{tag}-{}-{}", std::process::id(), now_ms());
         let suffix = if fifo { ".fifo" } else { "" };
-        self.rt.block_on(async {
-            let mut t = self.sns.create_topic().name(format!("{name}{suffix}"));
-            let mut q = self
-                .sqs
-                .create_queue()
-                .queue_name(format!("{name}{suffix}"));
-            if fifo {
-                t = t.attributes("FifoTopic", "true");
-                q = q.attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true");
-            }
-            let topic = t.send().await.unwrap().topic_arn.unwrap();
-            let url = q.send().await.unwrap().queue_url.unwrap();
-            let arn = self
-                .sqs
-                .get_queue_attributes()
-                .queue_url(&url)
-                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                .send()
-                .await
-                .unwrap()
-                .attributes
-                .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-                .clone();
-            self.sns
-                .subscribe()
-                .topic_arn(&topic)
-                .protocol("sqs")
-                .endpoint(arn)
-                .send()
-                .await
-                .unwrap();
-            (topic, url)
-        })
+        let name = format!(
+            "authwatch-{tag}-{}-{}{suffix}",
+            std::process::id(),
+            now_ms()
+        );
+        self.rt
+            .block_on(topic_with_queue(&self.sns, &self.sqs, &name, fifo))
     }
 
     /// Every SNS envelope in the queue (receives until two empty polls).
@@ -124,11 +97,8 @@ fn write_events(path: &Path, events: &[(i64, String)]) {
 }
 
 fn replay(envs: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_authwatch"));
+    let mut c = authwatch_cmd(None);
     c.arg("replay").args(args).arg("--no-progress");
-    c.env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test");
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -378,12 +348,7 @@ fn sns_outage_then_recovery_delivers_everything_in_order_across_a_restart() {
     let Some(ep) = emulator() else { return };
     let aws = Aws::new(&ep);
     let (topic, queue) = aws.topic_with_queue("outage", false);
-    let upstream = ep
-        .trim_start_matches("http://")
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .unwrap();
+    let upstream = emulator_addr(&ep);
     let proxy = start_switch_proxy(upstream);
     let sns_url = format!("http://{}", proxy.addr);
     let envs = [

@@ -228,7 +228,7 @@ pub fn start_run(
         "stderr{}",
         now_ms() // one file per process, so a restart does not overwrite the last one
     ));
-    let child = Command::new(env!("CARGO_BIN_EXE_authwatch"))
+    let child = authwatch_cmd(Some(endpoint))
         .args(["run", "--log-group", group, "--state-dir"])
         .arg(state_dir)
         .arg("--output")
@@ -248,10 +248,6 @@ pub fn start_run(
             .flat_map(|(flag, value)| [*flag, *value]),
         )
         .args(extra)
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
@@ -550,4 +546,75 @@ pub fn sdk_conf(rt: &tokio::runtime::Runtime, endpoint: &str) -> aws_config::Sdk
             ))
             .load(),
     )
+}
+
+/// The emulator's socket address, for a proxy in front of it.
+pub fn emulator_addr(endpoint: &str) -> SocketAddr {
+    use std::net::ToSocketAddrs;
+    endpoint
+        .trim_start_matches("http://")
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
+/// A new log group (see [`unique_group`]) with these streams.
+pub fn group_with_streams(emu: &Emu, tag: &str, streams: &[&str]) -> String {
+    let g = unique_group(tag);
+    emu.create_group(&g);
+    for s in streams {
+        emu.create_stream(&g, s);
+    }
+    g
+}
+
+/// The authwatch binary with test credentials and region; `endpoint` is the emulator (every
+/// service), when given.
+pub fn authwatch_cmd(endpoint: Option<&str>) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_authwatch"));
+    c.env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test");
+    if let Some(ep) = endpoint {
+        c.env("AWS_ENDPOINT_URL", ep);
+    }
+    c
+}
+
+/// An SNS topic with an SQS queue subscribed to it, both named `name` (FIFO when asked:
+/// `name` must then end in `.fifo`). Returns (topic ARN, queue URL).
+pub async fn topic_with_queue(
+    sns: &aws_sdk_sns::Client,
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    fifo: bool,
+) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let mut t = sns.create_topic().name(name);
+    let mut q = sqs.create_queue().queue_name(name);
+    if fifo {
+        t = t.attributes("FifoTopic", "true");
+        q = q.attributes(QueueAttributeName::FifoQueue, "true");
+    }
+    let topic = t.send().await.unwrap().topic_arn.unwrap();
+    let url = q.send().await.unwrap().queue_url.unwrap();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    sns.subscribe()
+        .topic_arn(&topic)
+        .protocol("sqs")
+        .endpoint(arn)
+        .send()
+        .await
+        .unwrap();
+    (topic, url)
 }
