@@ -88,12 +88,25 @@ pub enum CheckpointError {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     dir: PathBuf,
+    /// Fault injection: a pause in the middle of writing the temporary file.
+    write_pause: Option<std::time::Duration>,
 }
 
 impl CheckpointStore {
     /// A store in `dir` (created on first save).
     pub fn new(dir: impl Into<PathBuf>) -> CheckpointStore {
-        CheckpointStore { dir: dir.into() }
+        CheckpointStore {
+            dir: dir.into(),
+            write_pause: None,
+        }
+    }
+
+    /// Fault injection for crash tests: every save writes half of the temporary file, syncs
+    /// it, waits `pause`, then writes the rest, so that a `kill -9` can land inside a state
+    /// write on purpose (`AUTHWATCH_FAULT_STATE_WRITE_PAUSE_MS` in `authwatch run`).
+    pub fn with_write_pause(mut self, pause: std::time::Duration) -> CheckpointStore {
+        self.write_pause = Some(pause);
+        self
     }
 
     /// The checkpoint file.
@@ -159,7 +172,15 @@ impl CheckpointStore {
         let tmp = self.dir.join(format!("{CHECKPOINT_FILE}.tmp"));
         {
             let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(&text).map_err(io_err(&tmp))?;
+            let mut rest = &text[..];
+            if let Some(pause) = self.write_pause {
+                let (head, tail) = text.split_at(text.len() / 2);
+                f.write_all(head).map_err(io_err(&tmp))?;
+                f.sync_all().map_err(io_err(&tmp))?;
+                std::thread::sleep(pause);
+                rest = tail;
+            }
+            f.write_all(rest).map_err(io_err(&tmp))?;
             f.sync_all().map_err(io_err(&tmp))?;
         }
         let path = self.path();

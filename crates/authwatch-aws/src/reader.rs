@@ -377,13 +377,15 @@ where
 {
     let mut backoff = Backoff::new(policy.base, policy.cap);
     let mut last_reported: Option<ErrorClass> = None;
+    // Whether a failure was logged: only then is "working again" worth a line.
+    let mut warned = false;
     loop {
         bucket.acquire().await;
         *calls += 1;
         let err = match f().await {
             Ok(v) => {
                 *outcomes.entry((operation, "ok")).or_default() += 1;
-                if last_reported.is_some() {
+                if warned {
                     tracing::warn!("authwatch: {operation} on {log_group}: working again");
                 }
                 return Ok(v);
@@ -395,6 +397,7 @@ where
             let d = backoff.next_delay();
             // Say so once a problem persists, not on every throttled call.
             if backoff.attempts() == 5 {
+                warned = true;
                 tracing::warn!(
                     "authwatch: {operation} on {log_group}: still failing after 5 attempts, retrying with backoff: {}",
                     err.detail()
@@ -413,6 +416,7 @@ where
                 .as_ref()
                 .is_some_and(|l| std::mem::discriminant(l) == std::mem::discriminant(&err));
             if !same_kind {
+                warned = true;
                 tracing::warn!(
                     "authwatch: {operation} on {log_group}: {}; retrying every {}s",
                     explain(operation, log_group, &err),

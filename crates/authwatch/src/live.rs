@@ -91,6 +91,8 @@ pub struct RunOptions {
     pub on_corrupt: CorruptStatePolicy,
     /// `--api-rate`: CloudWatch Logs calls per second, all log groups together.
     pub api_rate: f64,
+    /// `--aws-timeout`: one CloudWatch Logs call's limit before it is retried.
+    pub aws_timeout: Duration,
     /// `--poll-interval`.
     pub poll_interval: Duration,
     /// `--rediscover-interval`.
@@ -194,7 +196,16 @@ async fn run_async(
 ) -> Result<(), LiveError> {
     let (max_window, memory) = rule_spans(&rules);
     let horizon_ms = memory / 1000 + opts.lookback_ms;
-    let store = CheckpointStore::new(&opts.state_dir);
+    let mut store = CheckpointStore::new(&opts.state_dir);
+    // Fault injection for the crash tests (README, Reliability): makes every state write
+    // pause halfway so that a `kill -9` lands inside one.
+    if let Some(ms) = std::env::var("AUTHWATCH_FAULT_STATE_WRITE_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::warn!("fault injection: every state write pauses {ms} ms halfway");
+        store = store.with_write_pause(Duration::from_millis(ms));
+    }
     let now = now_ms();
     let mut checkpoint = match store.load() {
         Ok(Some(c)) => c,
@@ -228,7 +239,7 @@ async fn run_async(
 
     let client = build_client(&ClientConfig {
         region: opts.region.clone(),
-        attempt_timeout: None,
+        attempt_timeout: Some(opts.aws_timeout),
     })
     .await;
     let bucket = Arc::new(TokenBucket::new(opts.api_rate, opts.api_rate.max(1.0)));

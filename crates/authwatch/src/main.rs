@@ -419,6 +419,10 @@ struct RunArgs {
     /// CloudWatch Logs API calls per second, all log groups together.
     #[arg(long, default_value_t = 2.0)]
     api_rate: f64,
+    /// How long one CloudWatch Logs call may take before it is abandoned and retried with
+    /// backoff (a hung connection must not stall reading).
+    #[arg(long, default_value = "20s", value_parser = parse_duration_arg)]
+    aws_timeout: i64,
     /// Time between polls once caught up.
     #[arg(long, default_value = "2s", value_parser = parse_duration_arg)]
     poll_interval: i64,
@@ -847,6 +851,13 @@ fn run_live(mut args: RunArgs) -> ExitCode {
         start_at: args.start_at,
         on_corrupt: args.on_corrupt_state,
         api_rate: args.api_rate,
+        aws_timeout: match args.aws_timeout {
+            t if t >= 100_000 => micros_to_duration(t),
+            _ => {
+                eprintln!("authwatch: --aws-timeout must be at least 100ms");
+                return ExitCode::from(2);
+            }
+        },
         poll_interval: micros_to_duration(args.poll_interval),
         rediscover_every: micros_to_duration(args.rediscover_interval),
         max_lateness: args.max_lateness,

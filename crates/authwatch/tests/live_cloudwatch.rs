@@ -534,27 +534,6 @@ fn an_authorization_error_names_the_permission_and_is_retried_until_it_clears() 
 }
 
 /// `GET path` on the run's HTTP address: (status, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_owned();
-    (status, body)
-}
-
 #[test]
 fn sigterm_stops_cleanly_with_state_and_alerts_and_http_shows_health_and_metrics() {
     let Some(ep) = emulator() else { return };

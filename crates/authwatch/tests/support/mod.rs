@@ -224,6 +224,18 @@ pub fn start_run(
     output: &Path,
     extra: &[&str],
 ) -> Runner {
+    start_run_with_env(endpoint, group, state_dir, output, extra, &[])
+}
+
+/// [`start_run`] with extra environment variables (fault injection).
+pub fn start_run_with_env(
+    endpoint: &str,
+    group: &str,
+    state_dir: &Path,
+    output: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Runner {
     let stderr = output.with_extension(format!(
         "stderr{}",
         now_ms() // one file per process, so a restart does not overwrite the last one
@@ -248,6 +260,7 @@ pub fn start_run(
             .flat_map(|(flag, value)| [*flag, *value]),
         )
         .args(extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
@@ -350,12 +363,37 @@ pub struct ProxyStats {
     pub server_errors: AtomicU64,
     pub resets: AtomicU64,
     pub denied: AtomicU64,
+    /// Requests held back `slow_ms` before being forwarded.
+    pub slowed: AtomicU64,
 }
 
-/// A fault-injecting HTTP/1.1 proxy on loopback in front of the emulator: of the requests,
-/// `throttle_pct` % get a 400 `ThrottlingException`, `error_pct` % a 500, `reset_pct` % a
-/// closed connection with no answer; the rest are forwarded. One request per connection (moto
-/// answers `Connection: close` anyway).
+/// The fault mix of a proxy, changeable while it runs (a throttling storm that starts and
+/// ends). Of the requests, `throttle_pct` % get a 400 `ThrottlingException`, `error_pct` %
+/// a 500, `reset_pct` % a closed connection with no answer, `slow_pct` % are forwarded only
+/// after `slow_ms` (an answer later than the client's timeout); the rest are forwarded.
+#[derive(Debug, Default)]
+pub struct FaultMix {
+    pub throttle_pct: AtomicU64,
+    pub error_pct: AtomicU64,
+    pub reset_pct: AtomicU64,
+    pub slow_pct: AtomicU64,
+    pub slow_ms: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+impl FaultMix {
+    /// Sets every percentage at once (and the slow delay).
+    pub fn set(&self, throttle: u64, error: u64, reset: u64, slow: u64, slow_ms: u64) {
+        self.throttle_pct.store(throttle, Ordering::Relaxed);
+        self.error_pct.store(error, Ordering::Relaxed);
+        self.reset_pct.store(reset, Ordering::Relaxed);
+        self.slow_pct.store(slow, Ordering::Relaxed);
+        self.slow_ms.store(slow_ms, Ordering::Relaxed);
+    }
+}
+
+/// A fault-injecting HTTP/1.1 proxy on loopback in front of the emulator, with a fixed mix
+/// (see [`FaultMix`]). One request per connection (moto answers `Connection: close` anyway).
 pub fn start_fault_proxy(
     upstream: SocketAddr,
     seed: u64,
@@ -363,7 +401,28 @@ pub fn start_fault_proxy(
     error_pct: u64,
     reset_pct: u64,
 ) -> (SocketAddr, Arc<ProxyStats>, Arc<AtomicBool>) {
-    start_proxy(upstream, seed, throttle_pct, error_pct, reset_pct, 0)
+    let mix = Arc::new(FaultMix::default());
+    mix.set(throttle_pct, error_pct, reset_pct, 0, 0);
+    let (addr, stats) = start_proxy(upstream, seed, mix.clone(), 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        mix.stop.store(true, Ordering::Relaxed);
+    });
+    (addr, stats, stop)
+}
+
+/// A fault-injecting proxy whose mix the test changes as it goes.
+pub fn start_controlled_proxy(
+    upstream: SocketAddr,
+    seed: u64,
+) -> (SocketAddr, Arc<ProxyStats>, Arc<FaultMix>) {
+    let mix = Arc::new(FaultMix::default());
+    let (addr, stats) = start_proxy(upstream, seed, mix.clone(), 0);
+    (addr, stats, mix)
 }
 
 /// A proxy that answers the first `deny_first` requests with `AccessDeniedException` (as if
@@ -371,28 +430,27 @@ pub fn start_fault_proxy(
 pub fn start_denying_proxy(
     upstream: SocketAddr,
     deny_first: u64,
-) -> (SocketAddr, Arc<ProxyStats>, Arc<AtomicBool>) {
-    start_proxy(upstream, 1, 0, 0, 0, deny_first)
+) -> (SocketAddr, Arc<ProxyStats>, Arc<FaultMix>) {
+    let mix = Arc::new(FaultMix::default());
+    let (addr, stats) = start_proxy(upstream, 1, mix.clone(), deny_first);
+    (addr, stats, mix)
 }
 
 fn start_proxy(
     upstream: SocketAddr,
     seed: u64,
-    throttle_pct: u64,
-    error_pct: u64,
-    reset_pct: u64,
+    mix: Arc<FaultMix>,
     deny_first: u64,
-) -> (SocketAddr, Arc<ProxyStats>, Arc<AtomicBool>) {
+) -> (SocketAddr, Arc<ProxyStats>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = Arc::new(ProxyStats::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let (st, sp) = (stats.clone(), stop.clone());
+    let st = stats.clone();
     std::thread::spawn(move || {
         let mut rng = Rng::new(seed);
         let mut n = 0u64;
         for conn in listener.incoming() {
-            if sp.load(Ordering::Relaxed) {
+            if mix.stop.load(Ordering::Relaxed) {
                 return;
             }
             let Ok(mut conn) = conn else { continue };
@@ -413,22 +471,45 @@ fn start_proxy(
                 });
                 continue;
             }
-            let roll = rng.below(100);
+            let fault = Fault::pick(rng.below(100), &mix);
             let st = st.clone();
             std::thread::spawn(move || {
-                let _ = proxy_one(
-                    conn,
-                    upstream,
-                    roll,
-                    throttle_pct,
-                    error_pct,
-                    reset_pct,
-                    &st,
-                );
+                let _ = proxy_one(conn, upstream, fault, &st);
             });
         }
     });
-    (addr, stats, stop)
+    (addr, stats)
+}
+
+/// What the proxy does to one request.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Throttle,
+    ServerError,
+    Reset,
+    Slow(Duration),
+    Forward,
+}
+
+impl Fault {
+    fn pick(roll: u64, mix: &FaultMix) -> Fault {
+        let mut edge = 0;
+        for (pct, fault) in [
+            (&mix.throttle_pct, Fault::Throttle),
+            (&mix.error_pct, Fault::ServerError),
+            (&mix.reset_pct, Fault::Reset),
+            (
+                &mix.slow_pct,
+                Fault::Slow(Duration::from_millis(mix.slow_ms.load(Ordering::Relaxed))),
+            ),
+        ] {
+            edge += pct.load(Ordering::Relaxed);
+            if roll < edge {
+                return fault;
+            }
+        }
+        Fault::Forward
+    }
 }
 
 pub fn read_http_message(s: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
@@ -463,10 +544,7 @@ pub fn read_http_message(s: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> 
 fn proxy_one(
     mut client: TcpStream,
     upstream: SocketAddr,
-    roll: u64,
-    throttle_pct: u64,
-    error_pct: u64,
-    reset_pct: u64,
+    fault: Fault,
     stats: &ProxyStats,
 ) -> std::io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -480,24 +558,78 @@ fn proxy_one(
             body.len()
         )
     };
-    if roll < throttle_pct {
-        stats.throttled.fetch_add(1, Ordering::Relaxed);
-        client.write_all(canned("400 Bad Request", "ThrottlingException").as_bytes())?;
-    } else if roll < throttle_pct + error_pct {
-        stats.server_errors.fetch_add(1, Ordering::Relaxed);
-        client.write_all(canned("500 Internal Server Error", "InternalFailure").as_bytes())?;
-    } else if roll < throttle_pct + error_pct + reset_pct {
-        stats.resets.fetch_add(1, Ordering::Relaxed);
-        let _ = client.shutdown(std::net::Shutdown::Both);
-    } else {
-        let mut up = TcpStream::connect(upstream)?;
-        up.write_all(&request)?;
-        let mut response = Vec::new();
-        up.read_to_end(&mut response)?;
-        client.write_all(&response)?;
-        stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    match fault {
+        Fault::Throttle => {
+            stats.throttled.fetch_add(1, Ordering::Relaxed);
+            client.write_all(canned("400 Bad Request", "ThrottlingException").as_bytes())?;
+        }
+        Fault::ServerError => {
+            stats.server_errors.fetch_add(1, Ordering::Relaxed);
+            client.write_all(canned("500 Internal Server Error", "InternalFailure").as_bytes())?;
+        }
+        Fault::Reset => {
+            stats.resets.fetch_add(1, Ordering::Relaxed);
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
+        Fault::Slow(delay) => {
+            // The request reaches the emulator (as a slow server would have taken it), the
+            // answer comes late: a client that timed out must retry, not lose or double it.
+            stats.slowed.fetch_add(1, Ordering::Relaxed);
+            let response = forward(&request, upstream)?;
+            std::thread::sleep(delay);
+            client.write_all(&response)?;
+        }
+        Fault::Forward => {
+            let response = forward(&request, upstream)?;
+            client.write_all(&response)?;
+            stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        }
     }
     Ok(())
+}
+
+fn forward(request: &[u8], upstream: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(request)?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    Ok(response)
+}
+
+/// A GET over HTTP/1.0 to `addr`: (status, body); (0, "") when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
+    (status, body)
+}
+
+/// The sum of the Prometheus samples named `name` whose labels contain `labels` (e.g.
+/// `outcome="throttled"`, or "" for all) in `/metrics` at `addr`; 0 when there are none.
+pub fn metric(addr: &str, name: &str, labels: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let series_name = series.split('{').next()?;
+            (series_name == name && series.contains(labels)).then_some(value)
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// A loopback address with a port nobody listens on (for `--http-addr`).
