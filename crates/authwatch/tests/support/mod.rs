@@ -89,6 +89,18 @@ impl Emu {
             .unwrap();
     }
 
+    pub fn delete_stream(&self, group: &str, stream: &str) {
+        self.rt
+            .block_on(
+                self.client
+                    .delete_log_stream()
+                    .log_group_name(group)
+                    .log_stream_name(stream)
+                    .send(),
+            )
+            .unwrap();
+    }
+
     pub fn create_stream(&self, group: &str, stream: &str) {
         self.rt
             .block_on(
