@@ -67,6 +67,62 @@ fn assert_same_alerts(
     unique_ids(&v);
 }
 
+/// A reference run straight to the emulator and a faulty one through the proxy at `proxy`
+/// (serving `/metrics` on the returned address), both with `extra`.
+fn reference_and_faulty(
+    ep: &str,
+    proxy: std::net::SocketAddr,
+    g: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (Runner, Runner, String) {
+    let reference = start_run(ep, g, &dir.join("ref-state"), &dir.join("ref.jsonl"), extra);
+    let http = free_addr();
+    let mut faulty_extra = extra.to_vec();
+    faulty_extra.extend(["--http-addr", http.as_str()]);
+    let faulty = start_run(
+        &format!("http://{proxy}"),
+        g,
+        &dir.join("state"),
+        &dir.join("faulty.jsonl"),
+        &faulty_extra,
+    );
+    (reference, faulty, http)
+}
+
+/// What [`feed`] puts: a background event every `every` for `length`, and `attacks`
+/// attacks of 21 denials (each from a new address and user, alternating streams), the n-th
+/// at `first + n × gap`.
+struct Feed {
+    length: Duration,
+    attacks: u32,
+    first: Duration,
+    gap: Duration,
+    every: Duration,
+}
+
+fn feed(emu: &Emu, g: &str, tag: &str, f: Feed) {
+    let mut noise = Noise::load();
+    let started = Instant::now();
+    let mut planted = 0u32;
+    while started.elapsed() < f.length {
+        if planted < f.attacks && started.elapsed() >= f.first + f.gap * planted {
+            let a = attack(
+                &format!("{tag}-{planted}"),
+                21,
+                now_ms(),
+                20,
+                &format!("198.51.{}.{}", 100 + planted, 10 + tag.len()),
+                &format!("{tag}-user-{planted}"),
+            );
+            emu.put(g, if planted.is_multiple_of(2) { S1 } else { S2 }, &a);
+            planted += 1;
+        }
+        emu.put(g, S1, &[noise.event(now_ms())]);
+        std::thread::sleep(f.every);
+    }
+}
+
 /// 90 % of calls throttled for a whole minute, while attacks go on: alerts come late but
 /// complete, and the run never spends more calls than its budget (`--api-rate`) however hard
 /// it is pushed back.
@@ -80,45 +136,21 @@ fn a_minute_of_ninety_percent_throttling_delays_alerts_but_loses_and_doubles_non
     let api_rate = 5.0; // the account-wide FilterLogEvents limit
     let rate = api_rate.to_string();
     let extra = ["--api-rate", rate.as_str(), "--max-lateness", "2s"];
-    let reference = start_run(
-        &ep,
-        &g,
-        &dir.path().join("ref-state"),
-        &dir.path().join("ref.jsonl"),
-        &extra,
-    );
     mix.set(90, 0, 0, 0, 0);
     let storm_start = Instant::now();
-    let http = free_addr();
-    let mut victim_extra = extra.to_vec();
-    victim_extra.extend(["--http-addr", http.as_str()]);
-    let victim = start_run(
-        &format!("http://{proxy}"),
+    let (reference, victim, http) = reference_and_faulty(&ep, proxy, &g, dir.path(), &extra);
+    feed(
+        &emu,
         &g,
-        &dir.path().join("state"),
-        &dir.path().join("storm.jsonl"),
-        &victim_extra,
+        "storm",
+        Feed {
+            length: Duration::from_secs(60),
+            attacks: 3,
+            first: Duration::from_secs(5),
+            gap: Duration::from_secs(20),
+            every: Duration::from_millis(500),
+        },
     );
-    let mut noise = Noise::load();
-    let mut planted = 0;
-    while storm_start.elapsed() < Duration::from_secs(60) {
-        let secs = storm_start.elapsed().as_secs();
-        if planted < 3 && secs >= 5 + planted * 20 {
-            let ip = format!("198.51.100.{}", 60 + planted);
-            let a = attack(
-                &format!("storm-{planted}"),
-                21,
-                now_ms(),
-                20,
-                &ip,
-                &format!("storm-user-{planted}"),
-            );
-            emu.put(&g, if planted % 2 == 0 { S1 } else { S2 }, &a);
-            planted += 1;
-        }
-        emu.put(&g, S1, &[noise.event(now_ms())]);
-        std::thread::sleep(Duration::from_millis(500));
-    }
     let storm = storm_start.elapsed().as_secs_f64();
     let requests_in_storm =
         stats.throttled.load(Ordering::Relaxed) + stats.forwarded.load(Ordering::Relaxed);
@@ -163,43 +195,19 @@ fn answers_later_than_the_call_timeout_are_retried_and_lose_nothing() {
     mix.set(0, 0, 0, 33, 3_000);
     let dir = tempfile::tempdir().unwrap();
     let extra = ["--max-lateness", "2s", "--aws-timeout", "1s"];
-    let reference = start_run(
-        &ep,
+    let (reference, victim, http) = reference_and_faulty(&ep, proxy, &g, dir.path(), &extra);
+    feed(
+        &emu,
         &g,
-        &dir.path().join("ref-state"),
-        &dir.path().join("ref.jsonl"),
-        &extra,
+        "slow",
+        Feed {
+            length: Duration::from_secs(16),
+            attacks: 2,
+            first: Duration::from_secs(2),
+            gap: Duration::from_secs(6),
+            every: Duration::from_millis(400),
+        },
     );
-    let http = free_addr();
-    let mut victim_extra = extra.to_vec();
-    victim_extra.extend(["--http-addr", http.as_str()]);
-    let victim = start_run(
-        &format!("http://{proxy}"),
-        &g,
-        &dir.path().join("state"),
-        &dir.path().join("slow.jsonl"),
-        &victim_extra,
-    );
-    let mut noise = Noise::load();
-    let started = Instant::now();
-    let mut planted = 0;
-    while started.elapsed() < Duration::from_secs(16) {
-        if planted < 2 && started.elapsed() >= Duration::from_secs(2 + planted * 6) {
-            let ip = format!("198.51.100.{}", 80 + planted);
-            let a = attack(
-                &format!("slow-{planted}"),
-                21,
-                now_ms(),
-                20,
-                &ip,
-                &format!("slow-user-{planted}"),
-            );
-            emu.put(&g, if planted % 2 == 0 { S1 } else { S2 }, &a);
-            planted += 1;
-        }
-        emu.put(&g, S2, &[noise.event(now_ms())]);
-        std::thread::sleep(Duration::from_millis(400));
-    }
     assert_same_alerts(
         &reference,
         &victim,
