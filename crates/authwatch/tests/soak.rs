@@ -123,14 +123,17 @@ fn soak_at_2000_events_per_second_with_an_attack_every_minute() {
                 emu.create_stream(&g, &stream_name(m, k));
             }
         }
-        let now = now_ms().max(floor_ms + 260);
+        let now = now_ms();
         let active = [stream_name(minute, 0), stream_name(minute, 1)];
         let mut batches: [Vec<(i64, String)>; 2] = [Vec::new(), Vec::new()];
         // What is due by now at `rate`, so a slow tick is made up by the next.
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
         let per_tick = due.saturating_sub(put).clamp(1, 20_000) as usize;
+        // Spread over the last quarter second, never before the previous tick's last event
+        // (nor after the clock: an event from the future would wait to be read).
+        let lo = (now - 250).max(floor_ms + 1).min(now);
         for i in 0..per_tick {
-            let t = now - 250 + (i as i64 * 250) / per_tick as i64;
+            let t = lo + (i as i64 * (now - lo)) / per_tick as i64;
             batches[i % 2].push(noise.event(t));
         }
         floor_ms = now;
@@ -141,8 +144,8 @@ fn soak_at_2000_events_per_second_with_an_attack_every_minute() {
             let a = attack(
                 &format!("soak-{minute}"),
                 25,
-                now - 250,
-                10,
+                lo,
+                (now - lo) / 25,
                 &ip,
                 &format!("soak-attacker-{minute}"),
             );
@@ -203,7 +206,7 @@ fn soak_at_2000_events_per_second_with_an_attack_every_minute() {
     }
     let fed_for = started.elapsed().as_secs_f64();
     // Let the run catch up: its saved position past the last event put.
-    let last_put = now_ms();
+    let last_put = floor_ms;
     let caught_up = wait_until(Duration::from_secs(300), || {
         saved_position(&state).is_some_and(|p| p >= last_put)
     });
