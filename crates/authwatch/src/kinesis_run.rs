@@ -19,6 +19,7 @@
 //! again from its checkpoint's arrival time minus the rebuild horizon (the longest
 //! `window + cooldown`, plus the lateness bound and the lease timeout).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -130,23 +131,29 @@ pub struct KinesisCounters {
 #[derive(Debug, Serialize, Deserialize)]
 struct MatchRecord<'a> {
     /// Rule id.
-    r: &'a str,
+    #[serde(borrow)]
+    r: Cow<'a, str>,
     /// Encoded group key.
-    k: &'a str,
+    #[serde(borrow)]
+    k: Cow<'a, str>,
     /// Log group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    g: Option<&'a str>,
+    #[serde(borrow)]
+    g: Option<Cow<'a, str>>,
     /// Log stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    s: Option<&'a str>,
+    #[serde(borrow)]
+    s: Option<Cow<'a, str>>,
     /// CloudWatch timestamp, µs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     c: Option<Micros>,
     /// CloudWatch event id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    i: Option<&'a str>,
+    #[serde(borrow)]
+    i: Option<Cow<'a, str>>,
     /// The audit event (JSON text).
-    m: &'a str,
+    #[serde(borrow)]
+    m: Cow<'a, str>,
 }
 
 fn now_ms() -> i64 {
@@ -596,6 +603,24 @@ fn match_record(
     out: &mut Vec<(String, Vec<u8>)>,
     counters: &mut KinesisCounters,
 ) {
+    // CloudWatch Logs puts the gzip payload as the record's bytes; moto's emulation puts it
+    // base64-encoded. Both are accepted.
+    let decoded;
+    let data: &[u8] = if !is_gzip(data) && data.starts_with(b"H4sI") {
+        use base64::Engine as _;
+        match base64::engine::general_purpose::STANDARD.decode(data.trim_ascii()) {
+            Ok(d) => {
+                decoded = d;
+                &decoded
+            }
+            Err(_) => {
+                counters.parse_errors += 1;
+                return;
+            }
+        }
+    } else {
+        data
+    };
     let plain;
     let doc: &[u8] = if is_gzip(data) {
         match gunzip_bounded(data) {
@@ -670,13 +695,13 @@ fn match_record(
                         continue;
                     };
                     let m = MatchRecord {
-                        r: rule_id,
-                        k: key,
-                        g: record.log_group,
-                        s: record.stream,
+                        r: Cow::Borrowed(rule_id),
+                        k: Cow::Borrowed(key),
+                        g: record.log_group.map(Cow::Borrowed),
+                        s: record.stream.map(Cow::Borrowed),
                         c: record.cw_timestamp,
-                        i: record.event_id,
-                        m: message,
+                        i: record.event_id.map(Cow::Borrowed),
+                        m: Cow::Borrowed(message),
                     };
                     if let Ok(bytes) = serde_json::to_vec(&m) {
                         out.push((route(rule_id, key), bytes));
@@ -737,22 +762,22 @@ async fn window_step(
                 counters.parse_errors += 1;
                 continue;
             };
-            let Some(&rule) = st.rule_index.get(m.r) else {
+            let Some(&rule) = st.rule_index.get(m.r.as_ref()) else {
                 counters.parse_errors += 1;
                 continue;
             };
             let record = RawRecord {
                 message: m.m.as_bytes(),
-                stream: m.s,
-                log_group: m.g,
+                stream: m.s.as_deref(),
+                log_group: m.g.as_deref(),
                 cw_timestamp: m.c,
-                event_id: m.i,
+                event_id: m.i.as_deref(),
             };
             let (engine, matcher) = (&mut ws.engine, &mut ws.matcher);
             visit_events(&record, &mut |ev| {
                 if let Ok(view) = ev {
                     let mut p = matcher.prepare(&view);
-                    if p.retain_partition(rule, m.k) {
+                    if p.retain_partition(rule, &m.k) {
                         engine.accept(p, &mut alerts);
                     }
                 }
