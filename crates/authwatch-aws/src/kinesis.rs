@@ -85,6 +85,8 @@ pub struct ShardInfo {
     pub shard_id: String,
     /// The parent shards (a split has one, a merge two): read to their end first.
     pub parents: Vec<String>,
+    /// Closed by a split or merge (it has an ending sequence number): no new records come.
+    pub closed: bool,
 }
 
 /// Lists every shard of the stream (open and closed, within retention), following pages.
@@ -111,9 +113,14 @@ pub async fn list_shards(
                 .flatten()
                 .map(str::to_owned)
                 .collect();
+            let closed = s
+                .sequence_number_range()
+                .and_then(|r| r.ending_sequence_number())
+                .is_some();
             out.push(ShardInfo {
                 shard_id: s.shard_id().to_owned(),
                 parents,
+                closed,
             });
         }
         match resp.next_token() {
@@ -170,6 +177,7 @@ pub struct ShardReader {
     poll_interval: Duration,
     backoff: Backoff,
     ended: bool,
+    closed: bool,
     /// Calls made, by outcome (`ok`, `throttled`, `error`).
     pub calls: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -199,6 +207,7 @@ impl ShardReader {
             poll_interval: poll_interval.max(MIN_CALL_SPACING),
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             ended: false,
+            closed: false,
             calls: Default::default(),
         }
     }
@@ -211,6 +220,11 @@ impl ShardReader {
     /// Whether the shard is closed and read to its end.
     pub fn ended(&self) -> bool {
         self.ended
+    }
+
+    /// Marks the shard closed (`ListShards` shows an ending sequence number).
+    pub fn set_closed(&mut self) {
+        self.closed = true;
     }
 
     /// Whether the next call is allowed at `now`.
@@ -302,9 +316,13 @@ impl ShardReader {
         if let Some(last) = batch.records.last() {
             self.last_sequence = Some(last.sequence.clone());
         }
+        // The end of a closed shard: Kinesis returns no next iterator. moto's emulation
+        // keeps returning one, so a closed shard that gives nothing and is caught up is
+        // at its end too.
+        let at_end = self.closed && batch.records.is_empty() && batch.millis_behind == 0;
         match resp.next_shard_iterator() {
-            Some(next) => self.iterator = Some(next.to_owned()),
-            None => {
+            Some(next) if !at_end => self.iterator = Some(next.to_owned()),
+            _ => {
                 self.iterator = None;
                 self.ended = true;
                 batch.ended = true;

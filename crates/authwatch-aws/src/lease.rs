@@ -535,14 +535,16 @@ impl Coordinator {
                 mine += 1;
             }
         }
-        // Then one lease from the most loaded replica, if it holds more than the target.
-        if mine < target {
+        // Then one lease from the most loaded replica, if that evens things out (it holds at
+        // least two more than this one). Comparing with the target alone can stall: a replica
+        // holding nothing is invisible to the others' count of live replicas.
+        if mine < target || load.values().any(|c| *c >= mine + 2) {
             if let Some((victim, count)) = load
                 .iter()
                 .filter(|(o, _)| **o != self.owner)
                 .max_by_key(|(_, c)| **c)
             {
-                if *count > target {
+                if *count >= mine + 2 {
                     if let Some(l) = leasable
                         .iter()
                         .find(|l| l.owner.as_deref() == Some(victim.as_str()))

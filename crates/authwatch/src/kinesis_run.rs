@@ -451,6 +451,11 @@ async fn lease_round_match(
         );
         st.readers.insert(l.shard_id.clone(), reader);
     }
+    for sh in shards.iter().filter(|s| s.closed) {
+        if let Some(r) = st.readers.get_mut(&sh.shard_id) {
+            r.set_closed();
+        }
+    }
     Ok(())
 }
 
@@ -504,6 +509,11 @@ async fn lease_round_window(
                 last_arrival_ms: l.read_through_ms.unwrap_or(0),
             },
         );
+    }
+    for sh in shards.iter().filter(|s| s.closed) {
+        if let Some(w) = st.shards.get_mut(&sh.shard_id) {
+            w.reader.set_closed();
+        }
     }
     Ok(())
 }
@@ -603,24 +613,6 @@ fn match_record(
     out: &mut Vec<(String, Vec<u8>)>,
     counters: &mut KinesisCounters,
 ) {
-    // CloudWatch Logs puts the gzip payload as the record's bytes; moto's emulation puts it
-    // base64-encoded. Both are accepted.
-    let decoded;
-    let data: &[u8] = if !is_gzip(data) && data.starts_with(b"H4sI") {
-        use base64::Engine as _;
-        match base64::engine::general_purpose::STANDARD.decode(data.trim_ascii()) {
-            Ok(d) => {
-                decoded = d;
-                &decoded
-            }
-            Err(_) => {
-                counters.parse_errors += 1;
-                return;
-            }
-        }
-    } else {
-        data
-    };
     let plain;
     let doc: &[u8] = if is_gzip(data) {
         match gunzip_bounded(data) {
@@ -818,19 +810,22 @@ async fn window_step(
             }
         }
         sink.flush()?;
-        let due = ws.last_checkpoint.elapsed() >= Duration::from_secs(1);
-        if due || batch.ended {
+        let through = if batch.millis_behind == 0 {
+            called_ms - 1000
+        } else {
+            ws.last_arrival_ms
+        };
+        if batch.ended {
+            // A resharded match stream: the children start with empty windows (a gap the
+            // README names); the parent's alerts are all out.
+            st.coord.finish_shard(&shard, through).await?;
+            st.shards.remove(&shard);
+            continue;
+        }
+        if ws.last_checkpoint.elapsed() >= Duration::from_secs(1) {
             if let Some(seq) = ws.last_sequence.clone() {
-                let through = if batch.millis_behind == 0 {
-                    called_ms - 1000
-                } else {
-                    ws.last_arrival_ms
-                };
                 ws.last_checkpoint = Instant::now();
-                if batch.ended {
-                    st.coord.finish_shard(&shard, through).await?;
-                    st.shards.remove(&shard);
-                } else if !st.coord.checkpoint(&shard, &seq, through).await? {
+                if !st.coord.checkpoint(&shard, &seq, through).await? {
                     tracing::info!(
                         "authwatch run: window stage: {shard} was taken by another replica"
                     );
