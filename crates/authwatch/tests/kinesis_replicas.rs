@@ -347,12 +347,17 @@ fn kill_9_of_a_replica_loses_no_alert_and_sends_none_twice() {
         );
         let mut rng = Rng::new(seed);
         let mut noise = Noise::load();
-        let rounds = 5usize;
-        let kill_at = rng.below(rounds as u64) as usize;
+        // b is killed once it has sent an alert (so a's rebuilt windows fire alerts b
+        // already sent: only the claim in the lease table keeps them from going out twice),
+        // from a random round on, after a random delay; two more rounds follow the kill.
+        let kill_from = 2 + rng.below(4) as usize;
         let t0 = now_ms() - 1_000;
         let mut last = t0;
         let mut killed_at = None;
-        for round in 0..rounds {
+        let mut killed_round = usize::MAX;
+        let mut b_sent = 0;
+        let mut round = 0usize;
+        while round < 8.max(killed_round.saturating_add(3)) && round < 40 {
             let ip = format!("203.0.113.{}", 10 + round);
             let user = format!("s{seed}-victim-{round}");
             let at = attack(
@@ -368,14 +373,22 @@ fn kill_9_of_a_replica_loses_no_alert_and_sends_none_twice() {
                 s.emu.put(&s.group, st, &part);
             }
             last = last.max(at.last().unwrap().0);
-            if round == kill_at {
+            if killed_at.is_none() && round >= kill_from && !alerts(&b.output).is_empty() {
                 std::thread::sleep(Duration::from_millis(rng.below(1_500)));
                 b.kill9();
                 killed_at = Some(std::time::Instant::now());
+                killed_round = round;
+                b_sent = alerts(&b.output).len();
             }
             s.tick(&mut noise);
             std::thread::sleep(Duration::from_millis(700));
+            round += 1;
         }
+        assert!(
+            b_sent >= 1,
+            "seed {seed}: b sent no alert before it was killed"
+        );
+        let rounds = round;
         let expected = rounds * 2;
         let done = wait_until(Duration::from_secs(40), || {
             s.tick(&mut noise);
@@ -426,7 +439,7 @@ fn kill_9_of_a_replica_loses_no_alert_and_sends_none_twice() {
             "seed {seed}: shards taken {taken:?} after the kill"
         );
         eprintln!(
-            "seed {seed}: killed b at round {kill_at}; its shards taken over {taken:?} after; {} alerts identical to replay",
+            "seed {seed}: killed b at round {killed_round} after it sent {b_sent} alerts; its shards taken over {taken:?} after; {} alerts identical to replay",
             got.len()
         );
     }
