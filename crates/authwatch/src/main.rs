@@ -613,6 +613,10 @@ fn config_check(
             return ExitCode::from(2);
         }
     }
+    if run.kinesis_stream.is_some() && run.match_stream.is_none() {
+        eprintln!("authwatch: {KINESIS_NEEDS_MATCH_STREAM}");
+        return ExitCode::from(2);
+    }
     let matches = match Cli::command().try_get_matches_from(args) {
         Ok(m) => m,
         Err(e) => {
@@ -850,6 +854,10 @@ fn run_live(mut args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     print_warnings(&rules);
+    if args.kinesis_stream.is_some() && args.match_stream.is_none() {
+        eprintln!("authwatch: {KINESIS_NEEDS_MATCH_STREAM}");
+        return ExitCode::from(2);
+    }
     // At shutdown the SNS spool gets at most 5 s to drain (the rest stays spooled).
     args.sink.sns_drain_timeout = args.sink.sns_drain_timeout.min(5_000_000);
     let mut sinks = match args
@@ -903,6 +911,9 @@ fn run_live(mut args: RunArgs) -> ExitCode {
     }
 }
 
+const KINESIS_NEEDS_MATCH_STREAM: &str =
+    "--kinesis-stream needs --match-stream (the stream between the match and window stages)";
+
 /// `run --kinesis-stream`: the two-stage, multi-replica path (authwatch::kinesis_run).
 fn run_kinesis(
     args: RunArgs,
@@ -911,7 +922,7 @@ fn run_kinesis(
     mut sinks: Sinks,
 ) -> ExitCode {
     let Some(match_stream) = args.match_stream.clone() else {
-        eprintln!("authwatch: --kinesis-stream needs --match-stream (the stream between the match and window stages)");
+        eprintln!("authwatch: {KINESIS_NEEDS_MATCH_STREAM}");
         return ExitCode::from(2);
     };
     let replica_id = args.replica_id.clone().unwrap_or_else(|| {
