@@ -543,3 +543,118 @@ fn a_shard_split_mid_run_loses_nothing() {
         );
     }
 }
+
+/// Throughput and alert latency with 1, 2 and 4 replicas against the emulator's own ceiling
+/// (ignored by default; about 2 minutes):
+/// `AWS_ENDPOINT_URL=... cargo test -p authwatch --test kinesis_replicas -- --ignored --nocapture kinesis_bench`.
+/// The feeder puts batches of 200 corpus events (re-timed to now) round-robin over the three
+/// audit streams for `AUTHWATCH_KINESIS_BENCH_SECS` (default 15) and an attack of 22 denials
+/// every second; latency is from the attack's last `PutLogEvents` returning to its
+/// `denied-by-source-ip` alert appearing in a replica's output. Throughput is the events put
+/// divided by the time from the first put to the alert of a last attack put after the feed.
+#[test]
+#[ignore]
+fn kinesis_bench() {
+    let Some(ep) = emulator() else { return };
+    let secs: u64 = std::env::var("AUTHWATCH_KINESIS_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    for n in [0usize, 1, 2, 4] {
+        let s = setup(&ep, &format!("bench{n}"), 4);
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+        let runners: Vec<Runner> = ids
+            .iter()
+            .map(|id| s.replica(&ep, dir.path(), id, &[]))
+            .collect();
+        if n > 0 {
+            let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
+            assert!(s.balanced(&ep, &idr, 4 / n, Duration::from_secs(30)));
+        }
+        let refs: Vec<&Runner> = runners.iter().collect();
+        let mut noise = Noise::load();
+        let started = std::time::Instant::now();
+        let mut put_events = 0usize;
+        let mut attacks: Vec<(String, std::time::Instant)> = Vec::new();
+        let mut next_attack = std::time::Instant::now();
+        let mut k = 0usize;
+        let mut seen: std::collections::HashMap<String, std::time::Instant> = Default::default();
+        let mut look = |seen: &mut std::collections::HashMap<String, std::time::Instant>| {
+            for a in union(&refs) {
+                if a["rule"] == "denied-by-source-ip" {
+                    let ip = a["group"]["sourceIPs"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    seen.entry(ip).or_insert_with(std::time::Instant::now);
+                }
+            }
+        };
+        while started.elapsed() < Duration::from_secs(secs) {
+            let batch = noise.events(200, now_ms(), 0);
+            s.emu.put(&s.group, STREAMS[k % 3], &batch);
+            put_events += batch.len();
+            k += 1;
+            if std::time::Instant::now() >= next_attack {
+                let ip = format!("192.0.2.{}", attacks.len() + 1);
+                let at = attack(
+                    &format!("b{n}-{}", attacks.len()),
+                    22,
+                    now_ms() - 200,
+                    5,
+                    &ip,
+                    "bench",
+                );
+                for (i, st) in STREAMS.iter().enumerate() {
+                    let part: Vec<_> = at.iter().skip(i).step_by(3).cloned().collect();
+                    s.emu.put(&s.group, st, &part);
+                }
+                put_events += at.len();
+                attacks.push((ip, std::time::Instant::now()));
+                next_attack += Duration::from_secs(1);
+            }
+            if n > 0 && k % 5 == 0 {
+                look(&mut seen);
+            }
+        }
+        let feed_secs = started.elapsed().as_secs_f64();
+        if n == 0 {
+            eprintln!(
+                "bench: emulator ceiling (no replica): {put_events} events in {feed_secs:.1} s = {:.0} events/s through PutLogEvents and the subscription",
+                put_events as f64 / feed_secs
+            );
+            continue;
+        }
+        let all = wait_until(Duration::from_secs(120), || {
+            s.tick(&mut noise);
+            look(&mut seen);
+            attacks.iter().all(|(ip, _)| seen.contains_key(ip))
+        });
+        let done = attacks
+            .iter()
+            .filter_map(|(ip, _)| seen.get(ip))
+            .max()
+            .map_or(0.0, |t| t.duration_since(started).as_secs_f64());
+        let mut lat: Vec<f64> = attacks
+            .iter()
+            .filter_map(|(ip, t)| seen.get(ip).map(|s| s.duration_since(*t).as_secs_f64()))
+            .collect();
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        eprintln!(
+            "bench: {n} replica(s): {put_events} events put in {feed_secs:.1} s ({:.0}/s); all {} attack alerts {} after {done:.1} s = {:.0} events/s end to end; latency p50 {:.2} s, p90 {:.2} s, max {:.2} s",
+            put_events as f64 / feed_secs,
+            attacks.len(),
+            if all { "seen" } else { "NOT all seen" },
+            put_events as f64 / done.max(0.001),
+            pct(0.5),
+            pct(0.9),
+            pct(1.0)
+        );
+    }
+}
