@@ -18,9 +18,10 @@
 //! A shard is ready to be leased only when its parents are read to their end (`SHARD_END`),
 //! so a key's records are read in order across a split or a merge.
 //!
-//! The same table keeps the ids of delivered alerts (`alert#<id>`, written with
+//! The same table keeps the ids of claimed and delivered alerts (`alert#<id>`, written with
 //! `attribute_not_exists`), so that two replicas, or one that rebuilt a window after a
-//! failover, never send one alert twice ([`LeaseTable::claim_alert`]).
+//! failover, do not send one alert twice, and a claim whose replica died before the sinks
+//! got the alert is taken over ([`LeaseTable::claim_alert`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -323,30 +324,108 @@ impl LeaseTable {
         }
     }
 
-    /// Records that alert `id` is being delivered. `true`: this caller is the first and
-    /// delivers it; `false`: it was delivered before (by any replica).
+    /// Claims alert `id` for delivery by `owner` before it goes to the sinks; after the sinks
+    /// took it, [`LeaseTable::alert_sent`] marks it sent. Two phases, so that an alert whose
+    /// claimer died between the claim and the sinks is not lost: a claim still `pending`
+    /// after `stale_ms` is taken over (conditional on the claim time it had) and delivered
+    /// again, at least once (the sinks de-duplicate by `alert_id`).
     pub async fn claim_alert(
         &self,
         id: &str,
         owner: &str,
         now_ms: i64,
-    ) -> Result<bool, LeaseError> {
+        stale_ms: i64,
+    ) -> Result<Claim, LeaseError> {
+        let key = format!("alert#{id}");
         let r = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item(KEY, s(format!("alert#{id}")))
+            .item(KEY, s(&key))
             .item("leaseOwner", s(owner))
             .item("claimedMs", n(now_ms))
+            .item("alertState", s("pending"))
             .condition_expression("attribute_not_exists(leaseKey)")
             .send()
             .await;
         match r {
-            Ok(_) => Ok(true),
-            Err(e) if conditional_failed(&e) => Ok(false),
-            Err(e) => Err(err("PutItem", &e)),
+            Ok(_) => return Ok(Claim::Deliver),
+            Err(e) if conditional_failed(&e) => {}
+            Err(e) => return Err(err("PutItem", &e)),
+        }
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY, s(&key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| err("GetItem", &e))?
+            .item
+            .unwrap_or_default();
+        let get_s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+        // A claim from before the two phases (no state) counts as sent.
+        if get_s("alertState").is_none_or(|st| st == "sent") {
+            return Ok(Claim::AlreadySent);
+        }
+        let claimed_ms = item
+            .get("claimedMs")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        if get_s("leaseOwner").as_deref() != Some(owner) && now_ms - claimed_ms < stale_ms {
+            return Ok(Claim::InFlight { claimed_ms });
+        }
+        // Ours from before (a retry), or stale: take it over.
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(&key))
+            .update_expression("SET leaseOwner = :me, claimedMs = :now")
+            .condition_expression("alertState = :pending AND claimedMs = :old")
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":old", n(claimed_ms))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(Claim::Deliver),
+            Err(e) if conditional_failed(&e) => Ok(Claim::InFlight { claimed_ms: now_ms }),
+            Err(e) => Err(err("UpdateItem", &e)),
         }
     }
+
+    /// Marks a claimed alert as handed to the sinks.
+    pub async fn alert_sent(&self, id: &str) -> Result<(), LeaseError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(format!("alert#{id}")))
+            .update_expression("SET alertState = :sent")
+            .expression_attribute_values(":sent", s("sent"))
+            .send()
+            .await
+            .map_err(|e| err("UpdateItem", &e))?;
+        Ok(())
+    }
+}
+
+/// What [`LeaseTable::claim_alert`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This caller delivers it (then calls [`LeaseTable::alert_sent`]).
+    Deliver,
+    /// It was handed to the sinks before.
+    AlreadySent,
+    /// Another replica claimed it at `claimed_ms` and may be delivering it now: ask again once
+    /// that claim is stale.
+    InFlight {
+        /// When the current claim was made (ms).
+        claimed_ms: i64,
+    },
 }
 
 /// What a round of [`Coordinator::tick`] changed.

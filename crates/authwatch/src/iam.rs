@@ -21,6 +21,7 @@ pub const KINESIS_RUN_ACTIONS: &[&str] = &[
     "dynamodb:CreateTable",
     "dynamodb:DescribeTable",
     "dynamodb:PutItem",
+    "dynamodb:GetItem",
     "dynamodb:UpdateItem",
     "dynamodb:Scan",
 ];

@@ -27,7 +27,7 @@ use authwatch_aws::backoff::Backoff;
 use authwatch_aws::kinesis::{
     list_shards, put_all, Batch, KinesisError, ShardReader, StartPosition, StreamRef,
 };
-use authwatch_aws::lease::{Coordinator, Lease, LeaseError, LeaseTable};
+use authwatch_aws::lease::{Claim, Coordinator, Lease, LeaseError, LeaseTable};
 use authwatch_aws::{sdk_config, ClientConfig};
 use authwatch_event::framing::{gunzip_bounded, is_gzip, records_in_document, Format, Origin};
 use authwatch_event::{visit_events, Micros, RawRecord};
@@ -196,6 +196,10 @@ struct WindowStage {
     /// Oldest read-through time of the source shards (ms) and when it was read.
     source_low: Option<(i64, Instant)>,
     last_low_read: Option<Instant>,
+    /// Alerts another replica has claimed and may be delivering, with when to ask again.
+    in_flight: Vec<(Alert, Instant)>,
+    /// How old a `pending` claim must be to be taken over (the lease timeout).
+    stale_ms: i64,
 }
 
 /// Runs until SIGTERM/SIGINT (or a non-retryable error).
@@ -305,6 +309,8 @@ async fn run_async(
         rules: rules.clone(),
         source_low: None,
         last_low_read: None,
+        in_flight: Vec::new(),
+        stale_ms: i64::try_from(opts.lease_timeout.as_millis()).unwrap_or(i64::MAX),
     });
 
     let mut counters = KinesisCounters::default();
@@ -789,24 +795,33 @@ async fn window_step(
                 }
             }
         }
-        for a in alerts.drain(..) {
-            let claimed = {
-                let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-                loop {
-                    match table.claim_alert(&a.alert_id, owner, now_ms()).await {
-                        Ok(c) => break c,
-                        Err(e) if e.class.is_transient() && backoff.attempts() < 50 => {
-                            tokio::time::sleep(backoff.next_delay()).await;
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+        let now = Instant::now();
+        let due: Vec<Alert> = {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.in_flight)
+                .into_iter()
+                .partition(|(_, at)| *at <= now);
+            st.in_flight = later;
+            due.into_iter()
+                .map(|(a, _)| a)
+                .chain(alerts.drain(..))
+                .collect()
+        };
+        for a in due {
+            match claim(table, &a.alert_id, owner, st.stale_ms).await? {
+                Claim::Deliver => {
+                    sink.deliver(&a)?;
+                    sink.flush()?;
+                    retrying!("marking an alert sent", table.alert_sent(&a.alert_id))?;
+                    counters.alerts_delivered += 1;
                 }
-            };
-            if claimed {
-                sink.deliver(&a)?;
-                counters.alerts_delivered += 1;
-            } else {
-                counters.alerts_already_sent += 1;
+                Claim::AlreadySent => counters.alerts_already_sent += 1,
+                Claim::InFlight { claimed_ms } => {
+                    // Another replica is delivering it; if it dies first, its claim goes
+                    // stale and this replica delivers it.
+                    let wait = (claimed_ms + st.stale_ms - now_ms()).clamp(0, st.stale_ms);
+                    st.in_flight
+                        .push((a, now + Duration::from_millis(wait as u64 + 100)));
+                }
             }
         }
         sink.flush()?;
@@ -835,6 +850,25 @@ async fn window_step(
         }
     }
     Ok(())
+}
+
+/// Claims an alert, retrying transient errors a while.
+async fn claim(
+    table: &LeaseTable,
+    id: &str,
+    owner: &str,
+    stale_ms: i64,
+) -> Result<Claim, KinesisRunError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match table.claim_alert(id, owner, now_ms(), stale_ms).await {
+            Ok(c) => return Ok(c),
+            Err(e) if e.class.is_transient() && backoff.attempts() < 50 => {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The oldest time up to which every source shard is read (ms), or `None` while a readable

@@ -658,3 +658,58 @@ fn kinesis_bench() {
         );
     }
 }
+
+/// The alert claim against moto's DynamoDB: the first claimer delivers, another replica waits
+/// while the claim is fresh, takes a stale `pending` claim over (its claimer died between the
+/// claim and the sinks), and nobody delivers once it is marked sent.
+#[test]
+fn alert_claims_are_two_phase_and_a_stale_claim_is_taken_over() {
+    use authwatch_aws::lease::{Claim, LeaseTable};
+    let Some(ep) = emulator() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let conf = sdk_conf(&rt, &ep);
+    let table = LeaseTable::new(
+        aws_sdk_dynamodb::Client::new(&conf),
+        &format!("claims-{}-{}", std::process::id(), now_ms()),
+    );
+    rt.block_on(async {
+        table.ensure().await.unwrap();
+        let t = 1_000_000;
+        assert_eq!(
+            table.claim_alert("x", "a", t, 3_000).await.unwrap(),
+            Claim::Deliver
+        );
+        assert_eq!(
+            table.claim_alert("x", "b", t + 1_000, 3_000).await.unwrap(),
+            Claim::InFlight { claimed_ms: t }
+        );
+        // a died without marking it sent: b takes it over once the claim is stale.
+        assert_eq!(
+            table.claim_alert("x", "b", t + 3_000, 3_000).await.unwrap(),
+            Claim::Deliver
+        );
+        assert_eq!(
+            table.claim_alert("x", "a", t + 3_500, 3_000).await.unwrap(),
+            Claim::InFlight {
+                claimed_ms: t + 3_000
+            }
+        );
+        table.alert_sent("x").await.unwrap();
+        for who in ["a", "b", "c"] {
+            assert_eq!(
+                table
+                    .claim_alert("x", who, t + 60_000, 3_000)
+                    .await
+                    .unwrap(),
+                Claim::AlreadySent
+            );
+        }
+        assert_eq!(
+            table.claim_alert("y", "c", t, 3_000).await.unwrap(),
+            Claim::Deliver
+        );
+    });
+}
