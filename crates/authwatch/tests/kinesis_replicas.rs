@@ -568,9 +568,9 @@ fn kinesis_bench() {
             .iter()
             .map(|id| s.replica(&ep, dir.path(), id, &[]))
             .collect();
-        if n > 0 {
+        if let Some(each) = 4usize.checked_div(n) {
             let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
-            assert!(s.balanced(&ep, &idr, 4 / n, Duration::from_secs(30)));
+            assert!(s.balanced(&ep, &idr, each, Duration::from_secs(30)));
         }
         let refs: Vec<&Runner> = runners.iter().collect();
         let mut noise = Noise::load();
@@ -580,7 +580,7 @@ fn kinesis_bench() {
         let mut next_attack = std::time::Instant::now();
         let mut k = 0usize;
         let mut seen: std::collections::HashMap<String, std::time::Instant> = Default::default();
-        let mut look = |seen: &mut std::collections::HashMap<String, std::time::Instant>| {
+        let look = |seen: &mut std::collections::HashMap<String, std::time::Instant>| {
             for a in union(&refs) {
                 if a["rule"] == "denied-by-source-ip" {
                     let ip = a["group"]["sourceIPs"]
@@ -614,7 +614,7 @@ fn kinesis_bench() {
                 attacks.push((ip, std::time::Instant::now()));
                 next_attack += Duration::from_secs(1);
             }
-            if n > 0 && k % 5 == 0 {
+            if n > 0 && k.is_multiple_of(5) {
                 look(&mut seen);
             }
         }
