@@ -434,7 +434,22 @@ async fn lease_round_match(
     counters: &mut KinesisCounters,
 ) -> Result<(), KinesisRunError> {
     let shards = list_shards(kinesis, source).await?;
-    st.coord.table().add_shards(source.name(), &shards).await?;
+    // Lease items only for shards the table did not show last round (new shards, or the
+    // first round): a conditional PutItem per shard per round would be wasted writes.
+    let new_shards: Vec<_> = shards
+        .iter()
+        .filter(|sh| {
+            !st.coord
+                .snapshot()
+                .iter()
+                .any(|l| l.shard_id == sh.shard_id)
+        })
+        .cloned()
+        .collect();
+    st.coord
+        .table()
+        .add_shards(source.name(), &new_shards)
+        .await?;
     let changes = st.coord.tick().await?;
     for shard in changes.lost {
         tracing::info!("authwatch run: match stage: lost {shard}");
@@ -477,7 +492,22 @@ async fn lease_round_window(
     counters: &mut KinesisCounters,
 ) -> Result<(), KinesisRunError> {
     let shards = list_shards(kinesis, matches).await?;
-    st.coord.table().add_shards(matches.name(), &shards).await?;
+    // Lease items only for shards the table did not show last round (new shards, or the
+    // first round): a conditional PutItem per shard per round would be wasted writes.
+    let new_shards: Vec<_> = shards
+        .iter()
+        .filter(|sh| {
+            !st.coord
+                .snapshot()
+                .iter()
+                .any(|l| l.shard_id == sh.shard_id)
+        })
+        .cloned()
+        .collect();
+    st.coord
+        .table()
+        .add_shards(matches.name(), &new_shards)
+        .await?;
     let changes = st.coord.tick().await?;
     for shard in changes.lost {
         tracing::info!("authwatch run: window stage: lost {shard}");
