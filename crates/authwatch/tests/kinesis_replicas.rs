@@ -713,3 +713,50 @@ fn alert_claims_are_two_phase_and_a_stale_claim_is_taken_over() {
         );
     });
 }
+
+/// `--role match` and `--role window` in separate processes: the first holds every source
+/// shard, the second every match-stream shard, and together they give replay's alerts.
+#[test]
+fn split_roles_give_the_alerts_of_replay() {
+    let Some(ep) = emulator() else { return };
+    let s = setup(&ep, "roles", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let m = s.replica(&ep, dir.path(), "m", &["--role", "match"]);
+    let w = s.replica(&ep, dir.path(), "w", &["--role", "window"]);
+    let held = |stream: &str, id: &str| {
+        s.owners(&ep)
+            .get(&(stream.to_owned(), id.to_owned()))
+            .copied()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || held(&s.source, "m") == Some(4)
+            && held(&s.matches, "w") == Some(4)),
+        "{:?}",
+        s.owners(&ep)
+    );
+    let mut noise = Noise::load();
+    let (start, end) = s.plant("roles", 3, &mut noise);
+    let expected = 6;
+    let done = wait_until(Duration::from_secs(40), || {
+        s.tick(&mut noise);
+        std::thread::sleep(Duration::from_millis(500));
+        alerts(&w.output).len() >= expected
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let got = union(&[&m, &w]);
+    assert!(
+        done,
+        "{} alerts of {expected}:\n{got:#?}\n{}",
+        got.len(),
+        stderr_all(&[&m, &w])
+    );
+    assert!(
+        alerts(&m.output).is_empty(),
+        "the match role sends no alert"
+    );
+    assert_eq!(held(&s.matches, "m"), None);
+    assert_eq!(held(&s.source, "w"), None);
+    let reference = s.replay(&ep, dir.path(), start, end);
+    assert_eq!(keys(&got), keys(&reference));
+    assert_eq!(unique_ids(&got), unique_ids(&reference));
+}
