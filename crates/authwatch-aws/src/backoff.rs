@@ -75,6 +75,8 @@ pub fn classify_code(code: &str, status: Option<u16>, text: String) -> ErrorClas
         | "Throttling"
         | "TooManyRequestsException"
         | "RequestLimitExceeded"
+        // Kinesis's per-shard read/write limits and DynamoDB's capacity limits.
+        | "ProvisionedThroughputExceededException"
         | "LimitExceededException"
         | "ServiceUnavailableException"
         | "ServiceUnavailable"
@@ -151,6 +153,7 @@ mod tests {
         assert!(t("ThrottlingException", Some(400)).is_transient());
         assert!(t("", Some(500)).is_transient());
         assert!(t("", Some(503)).is_transient());
+        assert!(t("ProvisionedThroughputExceededException", Some(400)).is_transient());
         assert_eq!(
             t("AccessDeniedException", Some(400)),
             ErrorClass::Unauthorized(String::new())

@@ -382,8 +382,10 @@ struct SubscriptionPayload<'a> {
 
 #[derive(Deserialize)]
 struct SubscriptionEvent<'a> {
+    /// CloudWatch sends a string of digits; moto's Logs → Kinesis delivery sends a number.
+    /// Either way it is taken as its JSON text (quotes removed).
     #[serde(borrow, default)]
-    id: Option<Text<'a>>,
+    id: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     timestamp: Option<i64>,
     #[serde(borrow)]
@@ -405,7 +407,7 @@ fn subscription(doc: &[u8], origin: Origin<'_>, f: &mut RecordSink<'_>) {
                         stream: p.log_stream.as_ref().map(Text::as_str).or(origin.stream),
                         log_group: p.log_group.as_ref().map(Text::as_str).or(origin.log_group),
                         cw_timestamp: e.timestamp.and_then(|ms| ms.checked_mul(1000)),
-                        event_id: e.id.as_ref().map(Text::as_str),
+                        event_id: e.id.map(|r| r.get().trim_matches('"')),
                     }));
                 }
             }
@@ -424,6 +426,19 @@ fn subscription(doc: &[u8], origin: Origin<'_>, f: &mut RecordSink<'_>) {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn subscription_event_ids_may_be_strings_or_numbers() {
+        let doc = br#"{"messageType":"DATA_MESSAGE","logGroup":"g","logStream":"s","logEvents":[{"id":"3712","timestamp":1,"message":"a"},{"id":279,"timestamp":2,"message":"b"}]}"#;
+        let mut ids = Vec::new();
+        records_in_document(Format::Subscription, doc, Origin::default(), &mut |r| {
+            ids.push(r.map(|r| r.event_id.map(str::to_owned)))
+        });
+        assert_eq!(
+            ids,
+            [Ok(Some("3712".to_owned())), Ok(Some("279".to_owned()))]
+        );
+    }
 
     fn gz(b: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

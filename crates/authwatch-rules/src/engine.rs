@@ -458,6 +458,30 @@ impl Prepared {
     pub fn time(&self) -> Option<Micros> {
         self.time
     }
+
+    /// The (rule index, key) pairs this event counts toward. A key is the encoded values of
+    /// the rule's `group_by`: equal values give equal strings. A multi-replica deployment
+    /// routes each pair to the replica that owns that key's window (issue #10).
+    pub fn partitions(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.hits
+            .iter()
+            .flat_map(|h| h.keys.iter().map(move |k| (h.rule, &*k.0)))
+    }
+
+    /// Keeps only the count toward `(rule, key)` (see [`Prepared::partitions`]); the other
+    /// pairs are counted by whoever owns them. `false` when the event does not count toward
+    /// that pair (nothing left to count).
+    pub fn retain_partition(&mut self, rule: usize, key: &str) -> bool {
+        self.hits.retain(|h| h.rule == rule);
+        for h in &mut self.hits {
+            h.keys.retain(|k| &*k.0 == key);
+        }
+        self.hits.retain(|h| !h.keys.is_empty());
+        if self.hits.is_empty() {
+            self.info = None;
+        }
+        !self.hits.is_empty()
+    }
 }
 
 impl Matcher {

@@ -664,3 +664,69 @@ fn advancing_the_watermark_releases_held_matches_without_newer_events() {
     assert_eq!(engine.stats().late_events, 1);
     assert_eq!(engine.stats().duplicates, 1);
 }
+
+/// What the multi-replica path does (issue #10): each event's (rule, key) pairs routed to
+/// their own engine, which counts only that pair.
+fn run_partitioned(rules_yaml: &str, events: &[Ev]) -> Vec<Alert> {
+    let rules = load_rules("test.yaml", rules_yaml).unwrap();
+    let ids: Vec<String> = rules.iter().map(|r| r.id.clone()).collect();
+    let router = Engine::new(rules.clone(), EngineConfig::default());
+    let mut matcher = router.matcher();
+    let mut engines: std::collections::BTreeMap<(usize, String), Engine> = Default::default();
+    let mut alerts = Vec::new();
+    for e in events {
+        let line = e.line();
+        let rec = RawRecord {
+            message: line.as_bytes(),
+            stream: Some("kube-apiserver-audit-0"),
+            log_group: Some("/aws/eks/prod/cluster"),
+            ..Default::default()
+        };
+        visit_events(&rec, &mut |v| {
+            let view = v.unwrap();
+            let pairs: Vec<(usize, String)> = matcher
+                .prepare(&view)
+                .partitions()
+                .map(|(r, k)| (r, k.to_owned()))
+                .collect();
+            for (rule, key) in pairs {
+                let engine = engines
+                    .entry((rule, key.clone()))
+                    .or_insert_with(|| Engine::new(rules.clone(), EngineConfig::default()));
+                let mut m = engine.matcher();
+                let mut p = m.prepare(&view);
+                assert!(p.retain_partition(rule, &key), "{} {key}", ids[rule]);
+                engine.accept(p, &mut alerts);
+            }
+        });
+    }
+    for engine in engines.values_mut() {
+        engine.finish(&mut alerts);
+    }
+    alerts
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engines_per_rule_and_key_give_the_alerts_of_one_engine(
+        events in stream(),
+        threshold in 1usize..6,
+        win_s in 5i64..90,
+        cool_s in 0i64..120,
+    ) {
+        let yaml = format!(
+            "{}---\nid: by-resource\nmatch: {{responseStatus.code: [401, 403]}}\ngroup_by: [objectRef.resource]\nwindow: {win_s}s\nthreshold: {threshold}\ncooldown: {cool_s}s\n",
+            rule(threshold as u64, &format!("{win_s}s"), &format!("{cool_s}s"))
+        );
+        prop_assert_eq!(load_rules("test.yaml", &yaml).unwrap().len(), 2);
+        let by_id = |mut v: Vec<Alert>| {
+            v.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+            v
+        };
+        let one = by_id(run(&yaml, &events));
+        let split = by_id(run_partitioned(&yaml, &events));
+        prop_assert_eq!(split, one);
+    }
+}

@@ -10,6 +10,22 @@ pub const RUN_ACTIONS: &[&str] = &[
     "cloudwatch:PutMetricData",
 ];
 
+/// `authwatch run --kinesis-stream` (issue #10), in addition to [`RUN_ACTIONS`]' SNS and
+/// CloudWatch: read the subscription stream, write and read the match stream, and keep the
+/// shard leases and delivered alert ids in the DynamoDB lease table (created if missing).
+pub const KINESIS_RUN_ACTIONS: &[&str] = &[
+    "kinesis:ListShards",
+    "kinesis:GetShardIterator",
+    "kinesis:GetRecords",
+    "kinesis:PutRecords",
+    "dynamodb:CreateTable",
+    "dynamodb:DescribeTable",
+    "dynamodb:PutItem",
+    "dynamodb:GetItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:Scan",
+];
+
 /// `authwatch alarms sync`.
 pub const ALARMS_SYNC_ACTIONS: &[&str] = &[
     "cloudwatch:DescribeAlarms",

@@ -18,6 +18,7 @@ pub mod generate;
 pub mod iam;
 pub mod input;
 pub mod investigate;
+pub mod kinesis_run;
 pub mod live;
 pub mod pipeline;
 pub mod replay;

@@ -452,7 +452,7 @@ async fn run_async(
 }
 
 /// Waits for SIGTERM or SIGINT (Ctrl-C); names the one that came.
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

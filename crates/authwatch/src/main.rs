@@ -388,7 +388,7 @@ struct RunArgs {
     #[arg(
         long = "log-group",
         value_name = "GROUP",
-        required_unless_present = "cluster"
+        required_unless_present_any = ["cluster", "kinesis_stream"]
     )]
     log_group: Vec<String>,
     /// EKS cluster name: follows /aws/eks/<NAME>/cluster (repeatable).
@@ -442,6 +442,28 @@ struct RunArgs {
     /// 0.0.0.0:9180 in a container.
     #[arg(long, default_value = "127.0.0.1:9180")]
     http_addr: String,
+    /// Read the log group's subscription from this Kinesis stream (name or ARN) instead of
+    /// polling CloudWatch Logs; several replicas share its shards (needs --match-stream).
+    #[arg(long, value_name = "NAME|ARN")]
+    kinesis_stream: Option<String>,
+    /// The Kinesis stream between the match stage and the window stage (name or ARN):
+    /// matches are routed by rule and key, so one replica owns each key's window.
+    #[arg(long, value_name = "NAME|ARN", requires = "kinesis_stream")]
+    match_stream: Option<String>,
+    /// DynamoDB table of shard leases and delivered alert ids (created if missing; default
+    /// authwatch-<kinesis stream name>).
+    #[arg(long, value_name = "TABLE", requires = "kinesis_stream")]
+    lease_table: Option<String>,
+    /// Which stages this replica runs: `all`, `match` (source → match stream) or `window`
+    /// (match stream → alerts).
+    #[arg(long, value_enum, default_value = "all")]
+    role: authwatch::kinesis_run::Role,
+    /// A shard lease not renewed for this long is taken over by another replica.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+    lease_timeout: i64,
+    /// This replica's name in the lease table (default: host name and process id).
+    #[arg(long, value_name = "ID")]
+    replica_id: Option<String>,
 }
 
 fn parse_http_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
@@ -594,6 +616,10 @@ fn config_check(
             eprintln!("authwatch: --sns-topic-arn `{arn}` is not an ARN");
             return ExitCode::from(2);
         }
+    }
+    if run.kinesis_stream.is_some() && run.match_stream.is_none() {
+        eprintln!("authwatch: {KINESIS_NEEDS_MATCH_STREAM}");
+        return ExitCode::from(2);
     }
     let matches = match Cli::command().try_get_matches_from(args) {
         Ok(m) => m,
@@ -832,6 +858,10 @@ fn run_live(mut args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     print_warnings(&rules);
+    if args.kinesis_stream.is_some() && args.match_stream.is_none() {
+        eprintln!("authwatch: {KINESIS_NEEDS_MATCH_STREAM}");
+        return ExitCode::from(2);
+    }
     // At shutdown the SNS spool gets at most 5 s to drain (the rest stays spooled).
     args.sink.sns_drain_timeout = args.sink.sns_drain_timeout.min(5_000_000);
     let mut sinks = match args
@@ -841,6 +871,9 @@ fn run_live(mut args: RunArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    if let Some(stream) = args.kinesis_stream.clone() {
+        return run_kinesis(args, stream, rules, sinks);
+    }
     let mut log_groups = args.log_group;
     log_groups.extend(args.cluster.iter().map(|c| format!("/aws/eks/{c}/cluster")));
     let opts = authwatch::live::RunOptions {
@@ -885,6 +918,58 @@ fn run_live(mut args: RunArgs) -> ExitCode {
         Err(e) => {
             eprintln!("authwatch: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+const KINESIS_NEEDS_MATCH_STREAM: &str =
+    "--kinesis-stream needs --match-stream (the stream between the match and window stages)";
+
+/// `run --kinesis-stream`: the two-stage, multi-replica path (authwatch::kinesis_run).
+fn run_kinesis(
+    args: RunArgs,
+    stream: String,
+    rules: Vec<authwatch_rules::Rule>,
+    mut sinks: Sinks,
+) -> ExitCode {
+    let Some(match_stream) = args.match_stream.clone() else {
+        eprintln!("authwatch: {KINESIS_NEEDS_MATCH_STREAM}");
+        return ExitCode::from(2);
+    };
+    let replica_id = args.replica_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "authwatch".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let opts = authwatch::kinesis_run::KinesisOptions {
+        source: stream,
+        match_stream,
+        lease_table: args.lease_table.clone(),
+        role: args.role,
+        lease_timeout: micros_to_duration(args.lease_timeout),
+        replica_id,
+        region: args.region.clone(),
+        start_at: args.start_at,
+        max_lateness: args.max_lateness,
+        poll_interval: micros_to_duration(args.poll_interval),
+    };
+    let result = authwatch::kinesis_run::run(&opts, rules, &mut sinks::Fanout::new(sinks.all()));
+    let closed = sinks.close();
+    match result {
+        Ok(c) => {
+            eprintln!(
+                "authwatch run: {}",
+                serde_json::to_string(&c).unwrap_or_default()
+            );
+            if closed.is_err() {
+                eprintln!("authwatch: the notifications above stay spooled and are sent by the next start");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("authwatch: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -277,3 +277,73 @@ fn rules_check_warns_about_a_condition_that_can_never_hold() {
         "{e}"
     );
 }
+
+/// The Kinesis flags of `run` (issue #10) come from the environment and config files like
+/// every other flag, and `--kinesis-stream` without `--match-stream` is refused.
+#[test]
+fn kinesis_flags_merge_from_env_and_file_and_need_a_match_stream() {
+    let run = |envs: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_authwatch"));
+        c.args(args).stdin(Stdio::null());
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let o = run(
+        &[
+            ("AUTHWATCH_KINESIS_STREAM", "audit-src"),
+            ("AUTHWATCH_MATCH_STREAM", "audit-matches"),
+            ("AUTHWATCH_ROLE", "window"),
+            ("AUTHWATCH_LEASE_TIMEOUT", "20s"),
+        ],
+        &["config", "check"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("kinesis-stream: \"audit-src\"  # environment AUTHWATCH_KINESIS_STREAM"),
+        "{out}"
+    );
+    assert!(
+        out.contains("role: \"window\"  # environment AUTHWATCH_ROLE"),
+        "{out}"
+    );
+    assert!(out.contains("lease-timeout: \"20s\""), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, "kinesis-stream: audit-src\nlease-table: t\n").unwrap();
+    for args in [
+        vec!["config", "check", "--config", file.to_str().unwrap()],
+        vec![
+            "run",
+            "--config",
+            file.to_str().unwrap(),
+            "--http-addr",
+            "off",
+        ],
+    ] {
+        let o = run(&[], &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--kinesis-stream needs --match-stream"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = run(
+        &[],
+        &[
+            "run",
+            "--kinesis-stream",
+            "s",
+            "--match-stream",
+            "m",
+            "--role",
+            "both",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("both"), "{}", stderr(&o));
+}

@@ -169,6 +169,13 @@ fn iam_policies_grant_exactly_the_calls_the_code_makes() {
         policy_actions("alarms-sync-policy.json"),
         set(authwatch::iam::ALARMS_SYNC_ACTIONS)
     );
+    let mut kinesis_calls = sdk_calls("crates/authwatch-aws/src/kinesis.rs", "kinesis");
+    kinesis_calls.extend(sdk_calls("crates/authwatch-aws/src/lease.rs", "dynamodb"));
+    assert_eq!(kinesis_calls, set(authwatch::iam::KINESIS_RUN_ACTIONS));
+    assert_eq!(
+        policy_actions("kinesis-run-policy.json"),
+        set(authwatch::iam::KINESIS_RUN_ACTIONS)
+    );
     // Logs actions only on the cluster's log group.
     let p: Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("docker/iam/run-policy.json")).unwrap(),

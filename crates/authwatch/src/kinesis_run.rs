@@ -1,0 +1,977 @@
+//! `authwatch run --kinesis-stream`: several replicas share a log group's subscription
+//! stream, with exact counts across shards (issue #10; README "Several replicas").
+//!
+//! Two stages, each an ordinary Kinesis consumer group with leases in DynamoDB
+//! ([`authwatch_aws::lease`]):
+//! 1. **match** (per source shard): decode the subscription records (gzip JSON
+//!    `DATA_MESSAGE`; `CONTROL_MESSAGE` skipped and counted), prefilter, match, and write one
+//!    match record per (rule, key) to the match stream with partition key = rule + key. A
+//!    shard is checkpointed once its match records are written.
+//! 2. **window** (per match-stream shard): every record of a key is on one shard, so one
+//!    replica owns each key's window. Each held shard has its own [`Engine`], the same engine
+//!    as the single-process path; its watermark is the oldest "read through" time of the
+//!    stage-1 shards (from their leases) minus `--max-lateness`, so no match of a slower source
+//!    shard arrives behind it. Alerts are claimed in the lease table
+//!    ([`LeaseTable::claim_alert`]) before they reach the sinks, so a window rebuilt by another
+//!    replica after a failover never sends twice; the shard is checkpointed after.
+//!
+//! A replica that takes over a match-stream shard rebuilds its windows by reading the shard
+//! again from its checkpoint's arrival time minus the rebuild horizon (the longest
+//! `window + cooldown`, plus the lateness bound and the lease timeout).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use authwatch_aws::backoff::Backoff;
+use authwatch_aws::kinesis::{
+    list_shards, put_all, Batch, KinesisError, ShardReader, StartPosition, StreamRef,
+};
+use authwatch_aws::lease::{Claim, Coordinator, Lease, LeaseError, LeaseTable};
+use authwatch_aws::{sdk_config, ClientConfig};
+use authwatch_event::framing::{gunzip_bounded, is_gzip, records_in_document, Format, Origin};
+use authwatch_event::{visit_events, Micros, RawRecord};
+use authwatch_rules::{Alert, Engine, EngineConfig, Matcher, Prefilter, Rule};
+use serde::{Deserialize, Serialize};
+
+use crate::live::{StartAt, AUDIT_STREAM_PREFIX};
+use crate::sinks::AlertSink;
+
+/// Which stages a replica runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Both stages (the default; one replica is a complete deployment).
+    All,
+    /// Stage 1 only: source stream → match stream.
+    Match,
+    /// Stage 2 only: match stream → windows → alerts.
+    Window,
+}
+
+impl Role {
+    fn matches(self) -> bool {
+        matches!(self, Role::All | Role::Match)
+    }
+    fn windows(self) -> bool {
+        matches!(self, Role::All | Role::Window)
+    }
+}
+
+/// What `authwatch run --kinesis-stream` was asked to do.
+#[derive(Debug, Clone)]
+pub struct KinesisOptions {
+    /// `--kinesis-stream`: the log group's subscription stream (name or ARN).
+    pub source: String,
+    /// `--match-stream`: where stage 1 writes and stage 2 reads.
+    pub match_stream: String,
+    /// `--lease-table` (default `authwatch-<source stream name>`).
+    pub lease_table: Option<String>,
+    /// `--role`.
+    pub role: Role,
+    /// `--lease-timeout`.
+    pub lease_timeout: Duration,
+    /// `--replica-id` (default: host name and process id).
+    pub replica_id: String,
+    /// `--region`.
+    pub region: Option<String>,
+    /// `--start-at`, for shards without a checkpoint (default: now minus the longest window).
+    pub start_at: Option<StartAt>,
+    /// `--max-lateness` (µs).
+    pub max_lateness: Micros,
+    /// `--poll-interval`: how often a caught-up shard is asked again.
+    pub poll_interval: Duration,
+}
+
+/// Why a Kinesis run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum KinesisRunError {
+    /// A Kinesis call failed in a way retrying will not fix.
+    #[error("{0}")]
+    Kinesis(#[from] KinesisError),
+    /// A DynamoDB call failed in a way retrying will not fix.
+    #[error("{0}")]
+    Lease(#[from] LeaseError),
+    /// A sink failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a run counted (printed at the end, and every 30 s while running).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KinesisCounters {
+    /// Source records read (stage 1).
+    pub source_records: u64,
+    /// `CONTROL_MESSAGE` records skipped.
+    pub control_messages: u64,
+    /// Log events of audit streams decoded.
+    pub log_events: u64,
+    /// Log events of other streams skipped.
+    pub other_streams: u64,
+    /// Events the prefilter ruled out.
+    pub prefiltered: u64,
+    /// Records or events that could not be used.
+    pub parse_errors: u64,
+    /// Match records written (stage 1).
+    pub matches_written: u64,
+    /// Match records read (stage 2).
+    pub matches_read: u64,
+    /// Alerts handed to the sinks.
+    pub alerts_delivered: u64,
+    /// Alerts another replica (or an earlier life of a window) had already delivered.
+    pub alerts_already_sent: u64,
+    /// Leases taken and lost, both stages.
+    pub leases_gained: u64,
+    /// Leases lost.
+    pub leases_lost: u64,
+}
+
+/// One match as stage 1 writes it: the rule, the key, and the audit event with what the
+/// record around it said (stage 2 matches it again against that one rule and key, so the
+/// engine's input is exactly the single-process one).
+#[derive(Debug, Serialize, Deserialize)]
+struct MatchRecord<'a> {
+    /// Rule id.
+    #[serde(borrow)]
+    r: Cow<'a, str>,
+    /// Encoded group key.
+    #[serde(borrow)]
+    k: Cow<'a, str>,
+    /// Log group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(borrow)]
+    g: Option<Cow<'a, str>>,
+    /// Log stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(borrow)]
+    s: Option<Cow<'a, str>>,
+    /// CloudWatch timestamp, µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<Micros>,
+    /// CloudWatch event id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(borrow)]
+    i: Option<Cow<'a, str>>,
+    /// The audit event (JSON text).
+    #[serde(borrow)]
+    m: Cow<'a, str>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The partition key of a (rule, key) pair.
+fn route(rule: &str, key: &str) -> String {
+    format!("{rule}\u{1f}{key}")
+}
+
+/// Stage 1's state: the source shards held and what they need.
+struct MatchStage {
+    coord: Coordinator,
+    readers: BTreeMap<String, ShardReader>,
+    last_checkpoint: HashMap<String, Instant>,
+    prefilter: Option<Prefilter>,
+    matcher: Matcher,
+    rule_ids: Vec<String>,
+}
+
+/// One match-stream shard held by stage 2: its reader and its own engine.
+struct WindowShard {
+    reader: ShardReader,
+    engine: Engine,
+    matcher: Matcher,
+    last_checkpoint: Instant,
+    last_sequence: Option<String>,
+    last_arrival_ms: i64,
+}
+
+/// Stage 2's state.
+struct WindowStage {
+    coord: Coordinator,
+    shards: BTreeMap<String, WindowShard>,
+    rules: Vec<Rule>,
+    rule_index: HashMap<String, usize>,
+    /// Oldest read-through time of the source shards (ms) and when it was read.
+    source_low: Option<(i64, Instant)>,
+    last_low_read: Option<Instant>,
+    /// Alerts another replica has claimed and may be delivering, with when to ask again.
+    in_flight: Vec<(Alert, Instant)>,
+    /// How old a `pending` claim must be to be taken over (the lease timeout).
+    stale_ms: i64,
+}
+
+/// Runs until SIGTERM/SIGINT (or a non-retryable error).
+pub fn run(
+    opts: &KinesisOptions,
+    rules: Vec<Rule>,
+    sink: &mut dyn AlertSink,
+) -> Result<KinesisCounters, KinesisRunError> {
+    crate::runtime()?.block_on(run_async(opts, rules, sink))
+}
+
+/// Retries a call on transient errors (with backoff), for ever, unless the stop signal came.
+macro_rules! retrying {
+    ($what:expr, $call:expr) => {{
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match $call.await {
+                Ok(v) => break Ok(v),
+                Err(e) if backoff.attempts() < 1000 => {
+                    tracing::warn!("authwatch run: {}: {e}; retrying", $what);
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    }};
+}
+
+async fn run_async(
+    opts: &KinesisOptions,
+    rules: Vec<Rule>,
+    sink: &mut dyn AlertSink,
+) -> Result<KinesisCounters, KinesisRunError> {
+    let conf = sdk_config(&ClientConfig {
+        region: opts.region.clone(),
+        attempt_timeout: None,
+    })
+    .await;
+    let kinesis = aws_sdk_kinesis::Client::new(&conf);
+    let source = StreamRef::new(&opts.source);
+    let matches = StreamRef::new(&opts.match_stream);
+    let table_name = opts
+        .lease_table
+        .clone()
+        .unwrap_or_else(|| format!("authwatch-{}", source.name()));
+    let table = LeaseTable::new(aws_sdk_dynamodb::Client::new(&conf), &table_name);
+    retrying!("creating the lease table", table.ensure())?;
+
+    let max_window = rules.iter().map(|r| r.window).max().unwrap_or(0);
+    let memory = rules
+        .iter()
+        .map(|r| r.window.saturating_add(r.cooldown))
+        .max()
+        .unwrap_or(0);
+    let horizon_ms = memory / 1000
+        + opts.max_lateness / 1000
+        + i64::try_from(opts.lease_timeout.as_millis()).unwrap_or(0);
+    let start_ms = {
+        let now = now_ms();
+        match opts.start_at.unwrap_or(StartAt::Ago(max_window / 1000)) {
+            StartAt::Now => now,
+            StartAt::At(t) => t,
+            StartAt::Ago(d) => now - d,
+        }
+    };
+    tracing::info!(
+        "authwatch run: replica {} role {:?}: source {}, match stream {}, lease table {table_name}",
+        opts.replica_id,
+        opts.role,
+        source.name(),
+        matches.name()
+    );
+
+    let engine_config = EngineConfig {
+        max_lateness: opts.max_lateness,
+        ..EngineConfig::default()
+    };
+    let mut stage1 = opts.role.matches().then(|| {
+        let engine = Engine::new(rules.clone(), engine_config.clone());
+        MatchStage {
+            coord: Coordinator::new(
+                table.clone(),
+                source.name(),
+                &opts.replica_id,
+                opts.lease_timeout,
+            ),
+            readers: BTreeMap::new(),
+            last_checkpoint: HashMap::new(),
+            prefilter: Some(Prefilter::new(engine.rules())).filter(|p| !p.passes_everything()),
+            matcher: engine.matcher(),
+            rule_ids: rules.iter().map(|r| r.id.clone()).collect(),
+        }
+    });
+    let mut stage2 = opts.role.windows().then(|| WindowStage {
+        coord: Coordinator::new(
+            table.clone(),
+            matches.name(),
+            &opts.replica_id,
+            opts.lease_timeout,
+        ),
+        shards: BTreeMap::new(),
+        rule_index: rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), i))
+            .collect(),
+        rules: rules.clone(),
+        source_low: None,
+        last_low_read: None,
+        in_flight: Vec::new(),
+        stale_ms: i64::try_from(opts.lease_timeout.as_millis()).unwrap_or(i64::MAX),
+    });
+
+    let mut counters = KinesisCounters::default();
+    let tick_every = (opts.lease_timeout / 3).max(Duration::from_millis(500));
+    let mut next_tick = Instant::now();
+    let mut next_report = Instant::now() + Duration::from_secs(30);
+    let mut shutdown = std::pin::pin!(crate::live::shutdown_signal());
+    let mut result: Result<(), KinesisRunError> = Ok(());
+
+    'run: loop {
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + tick_every;
+            if let Some(st) = &mut stage1 {
+                if let Err(e) = lease_round_match(
+                    st,
+                    &kinesis,
+                    &source,
+                    start_ms,
+                    opts.poll_interval,
+                    &mut counters,
+                )
+                .await
+                {
+                    tracing::warn!("authwatch run: match stage leases: {e}");
+                }
+            }
+            if let Some(st) = &mut stage2 {
+                if let Err(e) = lease_round_window(
+                    st,
+                    &kinesis,
+                    &matches,
+                    start_ms - horizon_ms,
+                    horizon_ms,
+                    &engine_config,
+                    opts.poll_interval,
+                    &mut counters,
+                )
+                .await
+                {
+                    tracing::warn!("authwatch run: window stage leases: {e}");
+                }
+            }
+        }
+        if Instant::now() >= next_report {
+            next_report = Instant::now() + Duration::from_secs(30);
+            tracing::info!(
+                "authwatch run: {}",
+                serde_json::to_string(&counters).unwrap_or_default()
+            );
+        }
+        let step = async {
+            if let Some(st) = &mut stage1 {
+                match_step(st, &kinesis, &matches, &mut counters).await?;
+            }
+            if let Some(st) = &mut stage2 {
+                window_step(
+                    st,
+                    &table,
+                    source.name(),
+                    &opts.replica_id,
+                    opts.max_lateness,
+                    sink,
+                    &mut counters,
+                )
+                .await?;
+            }
+            Ok::<(), KinesisRunError>(())
+        };
+        tokio::select! {
+            biased;
+            signal = &mut shutdown => {
+                tracing::info!("authwatch run: {signal}: stopping");
+                break 'run;
+            }
+            r = step => if let Err(e) = r { result = Err(e); break 'run; },
+        }
+        tokio::select! {
+            biased;
+            signal = &mut shutdown => {
+                tracing::info!("authwatch run: {signal}: stopping");
+                break 'run;
+            }
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    // A clean stop gives the leases up so others take them at once.
+    if let Some(st) = &mut stage1 {
+        if let Err(e) = st.coord.release_all().await {
+            tracing::warn!("authwatch run: releasing leases: {e}");
+        }
+    }
+    if let Some(st) = &mut stage2 {
+        if let Err(e) = st.coord.release_all().await {
+            tracing::warn!("authwatch run: releasing leases: {e}");
+        }
+    }
+    sink.flush()?;
+    tracing::info!(
+        "authwatch run: stopped: {}",
+        serde_json::to_string(&counters).unwrap_or_default()
+    );
+    result.map(|()| counters)
+}
+
+/// Where a shard taken over starts: after its checkpoint; a child of a split or merge (its
+/// parents read to their end) from its start; otherwise at `start_ms`.
+fn start_of(l: &Lease, start_ms: i64) -> StartPosition {
+    match &l.checkpoint {
+        Some(seq) => StartPosition::AfterSequence(seq.clone()),
+        None if !l.parents.is_empty() => StartPosition::TrimHorizon,
+        None => StartPosition::AtTimestamp(start_ms),
+    }
+}
+
+async fn lease_round_match(
+    st: &mut MatchStage,
+    kinesis: &aws_sdk_kinesis::Client,
+    source: &StreamRef,
+    start_ms: i64,
+    poll: Duration,
+    counters: &mut KinesisCounters,
+) -> Result<(), KinesisRunError> {
+    let shards = list_shards(kinesis, source).await?;
+    // Lease items only for shards the table did not show last round (new shards, or the
+    // first round): a conditional PutItem per shard per round would be wasted writes.
+    let new_shards: Vec<_> = shards
+        .iter()
+        .filter(|sh| {
+            !st.coord
+                .snapshot()
+                .iter()
+                .any(|l| l.shard_id == sh.shard_id)
+        })
+        .cloned()
+        .collect();
+    st.coord
+        .table()
+        .add_shards(source.name(), &new_shards)
+        .await?;
+    let changes = st.coord.tick().await?;
+    for shard in changes.lost {
+        tracing::info!("authwatch run: match stage: lost {shard}");
+        counters.leases_lost += 1;
+        st.readers.remove(&shard);
+    }
+    for l in changes.gained {
+        tracing::info!(
+            "authwatch run: match stage: took {} (checkpoint {:?})",
+            l.shard_id,
+            l.checkpoint
+        );
+        counters.leases_gained += 1;
+        let reader = ShardReader::new(
+            kinesis.clone(),
+            source.clone(),
+            &l.shard_id,
+            start_of(&l, start_ms),
+            poll,
+        );
+        st.readers.insert(l.shard_id.clone(), reader);
+    }
+    for sh in shards.iter().filter(|s| s.closed) {
+        if let Some(r) = st.readers.get_mut(&sh.shard_id) {
+            r.set_closed();
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn lease_round_window(
+    st: &mut WindowStage,
+    kinesis: &aws_sdk_kinesis::Client,
+    matches: &StreamRef,
+    start_ms: i64,
+    horizon_ms: i64,
+    engine_config: &EngineConfig,
+    poll: Duration,
+    counters: &mut KinesisCounters,
+) -> Result<(), KinesisRunError> {
+    let shards = list_shards(kinesis, matches).await?;
+    // Lease items only for shards the table did not show last round (new shards, or the
+    // first round): a conditional PutItem per shard per round would be wasted writes.
+    let new_shards: Vec<_> = shards
+        .iter()
+        .filter(|sh| {
+            !st.coord
+                .snapshot()
+                .iter()
+                .any(|l| l.shard_id == sh.shard_id)
+        })
+        .cloned()
+        .collect();
+    st.coord
+        .table()
+        .add_shards(matches.name(), &new_shards)
+        .await?;
+    let changes = st.coord.tick().await?;
+    for shard in changes.lost {
+        tracing::info!("authwatch run: window stage: lost {shard}");
+        counters.leases_lost += 1;
+        st.shards.remove(&shard);
+    }
+    for l in changes.gained {
+        counters.leases_gained += 1;
+        // Rebuild the windows: read again from the checkpoint's arrival time minus the
+        // horizon; alerts already sent are dropped by the claim in the lease table.
+        let start = match (&l.checkpoint, l.read_through_ms) {
+            (Some(_), Some(t)) => StartPosition::AtTimestamp(t - horizon_ms),
+            _ => start_of(&l, start_ms),
+        };
+        tracing::info!(
+            "authwatch run: window stage: took {} from {start:?}",
+            l.shard_id
+        );
+        let engine = Engine::new(st.rules.clone(), engine_config.clone());
+        let matcher = engine.matcher();
+        st.shards.insert(
+            l.shard_id.clone(),
+            WindowShard {
+                reader: ShardReader::new(
+                    kinesis.clone(),
+                    matches.clone(),
+                    &l.shard_id,
+                    start,
+                    poll,
+                ),
+                engine,
+                matcher,
+                last_checkpoint: Instant::now(),
+                last_sequence: l.checkpoint.clone(),
+                last_arrival_ms: l.read_through_ms.unwrap_or(0),
+            },
+        );
+    }
+    for sh in shards.iter().filter(|s| s.closed) {
+        if let Some(w) = st.shards.get_mut(&sh.shard_id) {
+            w.reader.set_closed();
+        }
+    }
+    Ok(())
+}
+
+/// Stage 1: one call on each ready shard; match records written, then the checkpoint.
+async fn match_step(
+    st: &mut MatchStage,
+    kinesis: &aws_sdk_kinesis::Client,
+    matches: &StreamRef,
+    counters: &mut KinesisCounters,
+) -> Result<(), KinesisRunError> {
+    let ready: Vec<String> = st
+        .readers
+        .iter()
+        .filter(|(_, r)| r.ready(Instant::now()))
+        .map(|(s, _)| s.clone())
+        .collect();
+    for shard in ready {
+        let Some(reader) = st.readers.get_mut(&shard) else {
+            continue;
+        };
+        let called_ms = now_ms();
+        let batch = match reader.poll().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("authwatch run: {shard}: {e}; retrying");
+                continue;
+            }
+        };
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        for rec in &batch.records {
+            counters.source_records += 1;
+            match_record(st, &rec.data, &mut out, counters);
+        }
+        let n = out.len() as u64;
+        if !out.is_empty() {
+            // Not checkpointed until written: a failure here re-reads the batch later.
+            if let Err(e) = put_all(kinesis, matches, out).await {
+                tracing::warn!("authwatch run: writing matches of {shard}: {e}; re-reading");
+                st.readers.remove(&shard);
+                st.coord.forget(&shard);
+                continue;
+            }
+            counters.matches_written += n;
+        }
+        checkpoint_match(st, &shard, &batch, called_ms).await?;
+    }
+    Ok(())
+}
+
+async fn checkpoint_match(
+    st: &mut MatchStage,
+    shard: &str,
+    batch: &Batch,
+    called_ms: i64,
+) -> Result<(), KinesisRunError> {
+    // Read through: a caught-up shard has everything that arrived before the call (less a
+    // second for Kinesis's own propagation); otherwise the last record's arrival.
+    let read_through = if batch.millis_behind == 0 {
+        called_ms - 1000
+    } else {
+        batch.records.last().map_or(0, |r| r.arrival_ms)
+    };
+    let due = st
+        .last_checkpoint
+        .get(shard)
+        .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+    if batch.ended {
+        st.coord.finish_shard(shard, read_through).await?;
+        st.readers.remove(shard);
+        tracing::info!("authwatch run: match stage: {shard} read to its end");
+        return Ok(());
+    }
+    if !(due || !batch.records.is_empty() && batch.millis_behind > 0) {
+        return Ok(());
+    }
+    let seq = match (
+        batch.records.last(),
+        st.coord.held().find(|l| l.shard_id == shard),
+    ) {
+        (Some(r), _) => r.sequence.clone(),
+        (None, Some(l)) => l.checkpoint.clone().unwrap_or_default(),
+        (None, None) => return Ok(()),
+    };
+    st.last_checkpoint.insert(shard.to_owned(), Instant::now());
+    if !st.coord.checkpoint(shard, &seq, read_through).await? {
+        tracing::info!("authwatch run: match stage: {shard} was taken by another replica");
+        st.readers.remove(shard);
+    }
+    Ok(())
+}
+
+/// Decodes one subscription record and appends its match records.
+fn match_record(
+    st: &mut MatchStage,
+    data: &[u8],
+    out: &mut Vec<(String, Vec<u8>)>,
+    counters: &mut KinesisCounters,
+) {
+    let plain;
+    let doc: &[u8] = if is_gzip(data) {
+        match gunzip_bounded(data) {
+            Ok(p) => {
+                plain = p;
+                &plain
+            }
+            Err(_) => {
+                counters.parse_errors += 1;
+                return;
+            }
+        }
+    } else {
+        data
+    };
+    #[derive(Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "messageType", borrow)]
+        message_type: Option<std::borrow::Cow<'a, str>>,
+    }
+    if let Ok(k) = serde_json::from_slice::<Kind<'_>>(doc) {
+        if k.message_type.as_deref() == Some("CONTROL_MESSAGE") {
+            counters.control_messages += 1;
+            return;
+        }
+    }
+    let MatchStage {
+        prefilter,
+        matcher,
+        rule_ids,
+        ..
+    } = st;
+    records_in_document(
+        Format::Subscription,
+        doc,
+        Origin::default(),
+        &mut |record| {
+            let record = match record {
+                Ok(r) => r,
+                Err(_) => {
+                    counters.parse_errors += 1;
+                    return;
+                }
+            };
+            if record
+                .stream
+                .is_some_and(|s| !s.starts_with(AUDIT_STREAM_PREFIX))
+            {
+                counters.other_streams += 1;
+                return;
+            }
+            counters.log_events += 1;
+            if prefilter
+                .as_ref()
+                .is_some_and(|p| !p.may_match(record.message))
+            {
+                counters.prefiltered += 1;
+                return;
+            }
+            let Ok(message) = std::str::from_utf8(record.message) else {
+                counters.parse_errors += 1;
+                return;
+            };
+            visit_events(&record, &mut |ev| {
+                let Ok(view) = ev else {
+                    counters.parse_errors += 1;
+                    return;
+                };
+                let prepared = matcher.prepare(&view);
+                for (rule, key) in prepared.partitions() {
+                    let Some(rule_id) = rule_ids.get(rule) else {
+                        continue;
+                    };
+                    let m = MatchRecord {
+                        r: Cow::Borrowed(rule_id),
+                        k: Cow::Borrowed(key),
+                        g: record.log_group.map(Cow::Borrowed),
+                        s: record.stream.map(Cow::Borrowed),
+                        c: record.cw_timestamp,
+                        i: record.event_id.map(Cow::Borrowed),
+                        m: Cow::Borrowed(message),
+                    };
+                    if let Ok(bytes) = serde_json::to_vec(&m) {
+                        out.push((route(rule_id, key), bytes));
+                    }
+                }
+            });
+        },
+    );
+}
+
+/// Stage 2: the source's low watermark, then one call on each ready shard; alerts claimed and
+/// delivered, then the checkpoint.
+async fn window_step(
+    st: &mut WindowStage,
+    table: &LeaseTable,
+    source: &str,
+    owner: &str,
+    max_lateness: Micros,
+    sink: &mut dyn AlertSink,
+    counters: &mut KinesisCounters,
+) -> Result<(), KinesisRunError> {
+    if st.shards.is_empty() {
+        return Ok(());
+    }
+    if st
+        .last_low_read
+        .is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+    {
+        st.last_low_read = Some(Instant::now());
+        match table.leases(source).await {
+            Ok(leases) => st.source_low = source_low(&leases).map(|l| (l, Instant::now())),
+            Err(e) => tracing::warn!("authwatch run: reading the source leases: {e}"),
+        }
+    }
+    let ready: Vec<String> = st
+        .shards
+        .iter()
+        .filter(|(_, s)| s.reader.ready(Instant::now()))
+        .map(|(s, _)| s.clone())
+        .collect();
+    let mut alerts: Vec<Alert> = Vec::new();
+    for shard in ready {
+        let Some(ws) = st.shards.get_mut(&shard) else {
+            continue;
+        };
+        let called = Instant::now();
+        let called_ms = now_ms();
+        let batch = match ws.reader.poll().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("authwatch run: {shard}: {e}; retrying");
+                continue;
+            }
+        };
+        for rec in &batch.records {
+            counters.matches_read += 1;
+            let Ok(m) = serde_json::from_slice::<MatchRecord<'_>>(&rec.data) else {
+                counters.parse_errors += 1;
+                continue;
+            };
+            let Some(&rule) = st.rule_index.get(m.r.as_ref()) else {
+                counters.parse_errors += 1;
+                continue;
+            };
+            let record = RawRecord {
+                message: m.m.as_bytes(),
+                stream: m.s.as_deref(),
+                log_group: m.g.as_deref(),
+                cw_timestamp: m.c,
+                event_id: m.i.as_deref(),
+            };
+            let (engine, matcher) = (&mut ws.engine, &mut ws.matcher);
+            visit_events(&record, &mut |ev| {
+                if let Ok(view) = ev {
+                    let mut p = matcher.prepare(&view);
+                    if p.retain_partition(rule, &m.k) {
+                        engine.accept(p, &mut alerts);
+                    }
+                }
+            });
+            ws.last_sequence = Some(rec.sequence.clone());
+            ws.last_arrival_ms = rec.arrival_ms;
+        }
+        // Caught up after the source's low mark was read: every match of events up to it
+        // is in, so matches up to it less the lateness bound can be counted.
+        if batch.millis_behind == 0 {
+            if let Some((low, read_at)) = st.source_low {
+                if read_at <= called {
+                    ws.engine.advance_watermark(
+                        low.saturating_mul(1000).saturating_sub(max_lateness),
+                        &mut alerts,
+                    );
+                }
+            }
+        }
+        let now = Instant::now();
+        let due: Vec<Alert> = {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.in_flight)
+                .into_iter()
+                .partition(|(_, at)| *at <= now);
+            st.in_flight = later;
+            due.into_iter()
+                .map(|(a, _)| a)
+                .chain(alerts.drain(..))
+                .collect()
+        };
+        for a in due {
+            match claim(table, &a.alert_id, owner, st.stale_ms).await? {
+                Claim::Deliver => {
+                    sink.deliver(&a)?;
+                    sink.flush()?;
+                    retrying!("marking an alert sent", table.alert_sent(&a.alert_id))?;
+                    counters.alerts_delivered += 1;
+                }
+                Claim::AlreadySent => counters.alerts_already_sent += 1,
+                Claim::InFlight { claimed_ms } => {
+                    // Another replica is delivering it; if it dies first, its claim goes
+                    // stale and this replica delivers it.
+                    let wait = (claimed_ms + st.stale_ms - now_ms()).clamp(0, st.stale_ms);
+                    st.in_flight
+                        .push((a, now + Duration::from_millis(wait as u64 + 100)));
+                }
+            }
+        }
+        sink.flush()?;
+        let through = if batch.millis_behind == 0 {
+            called_ms - 1000
+        } else {
+            ws.last_arrival_ms
+        };
+        if batch.ended {
+            // A resharded match stream: the children start with empty windows (a gap the
+            // README names); the parent's alerts are all out.
+            st.coord.finish_shard(&shard, through).await?;
+            st.shards.remove(&shard);
+            continue;
+        }
+        if ws.last_checkpoint.elapsed() >= Duration::from_secs(1) {
+            if let Some(seq) = ws.last_sequence.clone() {
+                ws.last_checkpoint = Instant::now();
+                if !st.coord.checkpoint(&shard, &seq, through).await? {
+                    tracing::info!(
+                        "authwatch run: window stage: {shard} was taken by another replica"
+                    );
+                    st.shards.remove(&shard);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Claims an alert, retrying transient errors a while.
+async fn claim(
+    table: &LeaseTable,
+    id: &str,
+    owner: &str,
+    stale_ms: i64,
+) -> Result<Claim, KinesisRunError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match table.claim_alert(id, owner, now_ms(), stale_ms).await {
+            Ok(c) => return Ok(c),
+            Err(e) if e.class.is_transient() && backoff.attempts() < 50 => {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The oldest time up to which every source shard is read (ms), or `None` while a readable
+/// shard has no read-through time yet (no one has read it).
+fn source_low(leases: &[Lease]) -> Option<i64> {
+    let ended: std::collections::HashSet<&str> = leases
+        .iter()
+        .filter(|l| l.ended())
+        .map(|l| l.shard_id.as_str())
+        .collect();
+    let known: std::collections::HashSet<&str> =
+        leases.iter().map(|l| l.shard_id.as_str()).collect();
+    let mut low: Option<i64> = None;
+    for l in leases.iter().filter(|l| !l.ended()) {
+        if !l
+            .parents
+            .iter()
+            .all(|p| ended.contains(p.as_str()) || !known.contains(p.as_str()))
+        {
+            continue;
+        }
+        let t = l.read_through_ms?;
+        low = Some(low.map_or(t, |x| x.min(t)));
+    }
+    low
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(
+        shard: &str,
+        parents: &[&str],
+        checkpoint: Option<&str>,
+        through: Option<i64>,
+    ) -> Lease {
+        Lease {
+            stream: "s".into(),
+            shard_id: shard.into(),
+            owner: None,
+            counter: 0,
+            checkpoint: checkpoint.map(str::to_owned),
+            read_through_ms: through,
+            parents: parents.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_low_mark_is_the_slowest_readable_shard() {
+        let ls = [
+            lease("a", &[], Some("1"), Some(100)),
+            lease("b", &[], Some("2"), Some(50)),
+        ];
+        assert_eq!(source_low(&ls), Some(50));
+        // A shard nobody has read holds the mark back.
+        let ls = [
+            lease("a", &[], Some("1"), Some(100)),
+            lease("b", &[], None, None),
+        ];
+        assert_eq!(source_low(&ls), None);
+        // An ended parent no longer counts; its children count once it has ended.
+        let ls = [
+            lease("p", &[], Some(authwatch_aws::lease::SHARD_END), Some(10)),
+            lease("c1", &["p"], Some("5"), Some(200)),
+            lease("c2", &["p"], Some("6"), Some(150)),
+        ];
+        assert_eq!(source_low(&ls), Some(150));
+        // Children of an open parent are not read yet: the parent counts.
+        let ls = [
+            lease("p", &[], Some("4"), Some(70)),
+            lease("c1", &["p"], None, None),
+        ];
+        assert_eq!(source_low(&ls), Some(70));
+    }
+}

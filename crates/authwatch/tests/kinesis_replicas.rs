@@ -1,0 +1,762 @@
+//! `authwatch run --kinesis-stream` against the real emulator (moto's server: Logs, Kinesis,
+//! DynamoDB; its Logs service delivers a subscription filter to Kinesis on each
+//! `PutLogEvents`, one record a call with a random partition key, so one API server's events
+//! spread over every shard). Several replicas run as separate processes; their alerts are
+//! compared with `authwatch replay --log-group` over the same events.
+//!
+//! Every test uses its own log group, streams and lease table. Replicas and replay share a
+//! lateness bound of 5 s: when the tests run in parallel, moto can take seconds to deliver a
+//! `PutLogEvents` to Kinesis, and an event that reaches the stream later than the bound after
+//! its own time is counted late (see README "Several replicas").
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::*;
+
+const STREAMS: [&str; 3] = [
+    "kube-apiserver-audit-0123456789abcdef0123456789abcdef",
+    "kube-apiserver-audit-fedcba9876543210fedcba9876543210",
+    "kube-apiserver-audit-aaaabbbbccccddddeeeeffff00001111",
+];
+
+/// A log group with a subscription filter to a new `shards`-shard stream, and a match
+/// stream of `shards` shards. Returns (log group, source stream, match stream, lease table).
+struct Setup {
+    emu: Emu,
+    group: String,
+    source: String,
+    matches: String,
+    table: String,
+    kinesis: aws_sdk_kinesis::Client,
+    rt: tokio::runtime::Runtime,
+    /// The next attacker address (each attack its own, so no cooldown hides one).
+    next_ip: std::cell::Cell<u32>,
+}
+
+fn setup(ep: &str, tag: &str, shards: i32) -> Setup {
+    let emu = Emu::new(ep);
+    let group = group_with_streams(&emu, tag, &STREAMS);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let conf = sdk_conf(&rt, ep);
+    let kinesis = aws_sdk_kinesis::Client::new(&conf);
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&conf);
+    let base = format!("{tag}-{}-{}", std::process::id(), now_ms());
+    let (source, matches) = (format!("{base}-src"), format!("{base}-match"));
+    rt.block_on(async {
+        for s in [&source, &matches] {
+            kinesis
+                .create_stream()
+                .stream_name(s)
+                .shard_count(shards)
+                .send()
+                .await
+                .unwrap();
+        }
+        let arn = kinesis
+            .describe_stream_summary()
+            .stream_name(&source)
+            .send()
+            .await
+            .unwrap()
+            .stream_description_summary
+            .unwrap()
+            .stream_arn;
+        logs.put_subscription_filter()
+            .log_group_name(&group)
+            .filter_name("authwatch")
+            .filter_pattern("")
+            .destination_arn(arn)
+            .role_arn("arn:aws:iam::123456789012:role/cwl-to-kinesis")
+            .send()
+            .await
+            .unwrap();
+    });
+    Setup {
+        emu,
+        group,
+        source,
+        matches,
+        table: format!("{base}-leases"),
+        kinesis,
+        rt,
+        next_ip: std::cell::Cell::new(20),
+    }
+}
+
+impl Setup {
+    fn replica(&self, ep: &str, dir: &Path, id: &str, extra: &[&str]) -> Runner {
+        let out = dir.join(format!("{id}.jsonl"));
+        let stderr = dir.join(format!("{id}.stderr{}", now_ms()));
+        let child = authwatch_cmd(Some(ep))
+            .args([
+                "run",
+                "--kinesis-stream",
+                &self.source,
+                "--match-stream",
+                &self.matches,
+            ])
+            .args(["--lease-table", &self.table, "--replica-id", id])
+            .args([
+                "--lease-timeout",
+                "3s",
+                "--poll-interval",
+                "1s",
+                "--max-lateness",
+                "5s",
+            ])
+            .args(["--http-addr", "off", "--state-dir"])
+            .arg(dir.join(format!("{id}-state")))
+            .arg("--output")
+            .arg(&out)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn authwatch run --kinesis-stream");
+        Runner {
+            child,
+            output: out,
+            stderr,
+        }
+    }
+
+    /// `authwatch replay --log-group` over [start, end]: the single-process reference.
+    fn replay(&self, ep: &str, dir: &Path, start: i64, end: i64) -> Vec<serde_json::Value> {
+        let out = dir.join("replay.jsonl");
+        let status = authwatch_cmd(Some(ep))
+            .args([
+                "replay",
+                "--log-group",
+                &self.group,
+                "--start",
+                &rfc3339_ms(start),
+                "--end",
+                &rfc3339_ms(end),
+            ])
+            .args(["--max-lateness", "5s", "--quiet", "--state-dir"])
+            .arg(dir.join("replay-state"))
+            .arg("--output")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        alerts(&out)
+    }
+
+    /// Attacks from several API servers (each attack's events spread over all three audit
+    /// streams, so over every shard), with noise; returns (first, last) timestamps.
+    fn plant(&self, tag: &str, attacks: usize, noise: &mut Noise) -> (i64, i64) {
+        let t0 = now_ms();
+        let mut last = t0;
+        for k in 0..attacks {
+            let ip = format!("198.51.100.{}", self.next_ip.get());
+            self.next_ip.set(self.next_ip.get() + 1);
+            let user = format!("{tag}-attacker-{k}");
+            let a = attack(&format!("{tag}-a{k}"), 24, now_ms() - 500, 10, &ip, &user);
+            for (i, s) in STREAMS.iter().enumerate() {
+                let part: Vec<_> = a.iter().skip(i).step_by(3).cloned().collect();
+                self.emu.put(&self.group, s, &part);
+            }
+            last = last.max(a.last().unwrap().0);
+            self.emu
+                .put(&self.group, STREAMS[k % 3], &[noise.event(now_ms())]);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        (t0 - 1_000, last)
+    }
+
+    /// Keeps the watermark moving: a noise event now on each stream.
+    fn tick(&self, noise: &mut Noise) {
+        for s in STREAMS {
+            self.emu.put(&self.group, s, &[noise.event(now_ms())]);
+        }
+    }
+
+    /// Leases held, by (stream, owner), read from the lease table.
+    fn owners(&self, ep: &str) -> std::collections::BTreeMap<(String, String), usize> {
+        let conf = sdk_conf(&self.rt, ep);
+        let ddb = aws_sdk_dynamodb::Client::new(&conf);
+        // Before the first replica has created the table: no leases.
+        let items = match self.rt.block_on(
+            ddb.scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .send(),
+        ) {
+            Ok(r) => r.items.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let mut out = std::collections::BTreeMap::new();
+        for it in items {
+            let key = it["leaseKey"].as_s().unwrap();
+            if !key.starts_with("lease#") {
+                continue;
+            }
+            if it
+                .get("checkpoint")
+                .and_then(|c| c.as_s().ok())
+                .map(String::as_str)
+                == Some("SHARD_END")
+            {
+                continue;
+            }
+            let owner = it["leaseOwner"].as_s().unwrap().clone();
+            let stream = it["stream"].as_s().unwrap().clone();
+            *out.entry((stream, owner)).or_default() += 1;
+        }
+        out
+    }
+
+    /// Waits until each of `ids` holds `each` leases of each stream.
+    fn balanced(&self, ep: &str, ids: &[&str], each: usize, within: Duration) -> bool {
+        wait_until(within, || {
+            let o = self.owners(ep);
+            [&self.source, &self.matches].iter().all(|st| {
+                ids.iter()
+                    .all(|id| o.get(&((*st).clone(), (*id).to_owned())).copied() == Some(each))
+            })
+        })
+    }
+
+    fn split_shard(&self, shard: &str) {
+        self.rt.block_on(async {
+            self.kinesis
+                .split_shard()
+                .stream_name(&self.source)
+                .shard_to_split(shard)
+                .new_starting_hash_key("42535295865117307932921825928971026432")
+                .send()
+                .await
+                .unwrap();
+        });
+    }
+}
+
+/// How long after `killed` the last "took shardId" line of `r` was logged (log times are
+/// RFC 3339 UTC at the start of each line).
+fn took_all_after(r: &Runner, killed: std::time::Instant) -> Duration {
+    let killed_ms = now_ms() - killed.elapsed().as_millis() as i64;
+    let last = r
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains(" took shardId-"))
+        .filter_map(|l| authwatch_event::time::parse_timestamp(l.split_whitespace().next()?))
+        .map(|us| us / 1000)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        last >= killed_ms,
+        "no shard taken after the kill:\n{}",
+        r.stderr_text()
+    );
+    Duration::from_millis((last - killed_ms) as u64)
+}
+
+fn union(runners: &[&Runner]) -> Vec<serde_json::Value> {
+    runners.iter().flat_map(|r| alerts(&r.output)).collect()
+}
+
+fn stderr_all(runners: &[&Runner]) -> String {
+    runners
+        .iter()
+        .map(|r| format!("--- {}\n{}", r.stderr.display(), r.stderr_text()))
+        .collect()
+}
+
+/// `n` replicas (separate processes) give the alerts `replay` gives, each exactly once.
+fn replicas_match_replay(n: usize) {
+    let Some(ep) = emulator() else { return };
+    let s = setup(&ep, &format!("kin{n}"), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let runners: Vec<Runner> = (0..n)
+        .map(|i| s.replica(&ep, dir.path(), &format!("r{i}"), &[]))
+        .collect();
+    // The replicas create the table and share the leases fairly before the events come.
+    let ids: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert!(
+        s.balanced(&ep, &ids, 4 / n, Duration::from_secs(20)),
+        "not balanced: {:?}",
+        s.owners(&ep)
+    );
+    let mut noise = Noise::load();
+    let (start, end) = s.plant(&format!("k{n}"), 4, &mut noise);
+    let expected = 8;
+    let refs: Vec<&Runner> = runners.iter().collect();
+    let done = wait_until(Duration::from_secs(40), || {
+        s.tick(&mut noise);
+        std::thread::sleep(Duration::from_millis(500));
+        union(&refs).len() >= expected
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let got = union(&refs);
+    assert!(
+        done,
+        "{} alerts of {expected}:\n{got:#?}\n{}",
+        got.len(),
+        stderr_all(&refs)
+    );
+    let reference = s.replay(&ep, dir.path(), start, end);
+    assert_eq!(reference.len(), expected, "{reference:#?}");
+    assert_eq!(keys(&got), keys(&reference));
+    assert_eq!(unique_ids(&got), unique_ids(&reference));
+}
+
+#[test]
+fn one_replica_gives_the_alerts_of_replay() {
+    replicas_match_replay(1);
+}
+
+#[test]
+fn two_replicas_give_the_alerts_of_replay_once() {
+    replicas_match_replay(2);
+}
+
+#[test]
+fn four_replicas_give_the_alerts_of_replay_once() {
+    replicas_match_replay(4);
+}
+
+/// `kill -9` of a replica mid-run, seeds from `AUTHWATCH_KINESIS_KILL_SEEDS` (default 3): the
+/// survivor takes its shards within the lease timeout, and the union of alerts equals replay,
+/// with no alert id twice.
+#[test]
+fn kill_9_of_a_replica_loses_no_alert_and_sends_none_twice() {
+    let Some(ep) = emulator() else { return };
+    let seeds: u64 = std::env::var("AUTHWATCH_KINESIS_KILL_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    for seed in 1..=seeds {
+        let s = setup(&ep, &format!("kill{seed}"), 4);
+        let dir = tempfile::tempdir().unwrap();
+        let a = s.replica(&ep, dir.path(), "a", &[]);
+        let mut b = s.replica(&ep, dir.path(), "b", &[]);
+        assert!(
+            s.balanced(&ep, &["a", "b"], 2, Duration::from_secs(20)),
+            "seed {seed}: {:?}",
+            s.owners(&ep)
+        );
+        let mut rng = Rng::new(seed);
+        let mut noise = Noise::load();
+        // b is killed once it has sent an alert (so a's rebuilt windows fire alerts b
+        // already sent: only the claim in the lease table keeps them from going out twice),
+        // from a random round on, after a random delay; two more rounds follow the kill.
+        let kill_from = 2 + rng.below(4) as usize;
+        let t0 = now_ms() - 1_000;
+        let mut last = t0;
+        let mut killed_at = None;
+        let mut killed_round = usize::MAX;
+        let mut b_sent = 0;
+        let mut round = 0usize;
+        while round < 8.max(killed_round.saturating_add(3)) && round < 40 {
+            let ip = format!("203.0.113.{}", 10 + round);
+            let user = format!("s{seed}-victim-{round}");
+            let at = attack(
+                &format!("s{seed}r{round}"),
+                22,
+                now_ms() - 400,
+                15,
+                &ip,
+                &user,
+            );
+            for (i, st) in STREAMS.iter().enumerate() {
+                let part: Vec<_> = at.iter().skip(i).step_by(3).cloned().collect();
+                s.emu.put(&s.group, st, &part);
+            }
+            last = last.max(at.last().unwrap().0);
+            if killed_at.is_none() && round >= kill_from && !alerts(&b.output).is_empty() {
+                std::thread::sleep(Duration::from_millis(rng.below(1_500)));
+                b.kill9();
+                killed_at = Some(std::time::Instant::now());
+                killed_round = round;
+                b_sent = alerts(&b.output).len();
+            }
+            s.tick(&mut noise);
+            std::thread::sleep(Duration::from_millis(700));
+            round += 1;
+        }
+        assert!(
+            b_sent >= 1,
+            "seed {seed}: b sent no alert before it was killed"
+        );
+        let rounds = round;
+        let expected = rounds * 2;
+        let done = wait_until(Duration::from_secs(40), || {
+            s.tick(&mut noise);
+            std::thread::sleep(Duration::from_millis(500));
+            union(&[&a, &b]).len() >= expected
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        let got = union(&[&a, &b]);
+        assert!(
+            done,
+            "seed {seed}: {} alerts of {expected}:\n{got:#?}\n{}",
+            got.len(),
+            stderr_all(&[&a, &b])
+        );
+        let reference = s.replay(&ep, dir.path(), t0, last);
+        assert_eq!(keys(&got), keys(&reference), "seed {seed}");
+        let brief = |v: &[serde_json::Value]| {
+            let mut b: Vec<String> = v
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{} {} {} {} {}",
+                        a["rule"], a["group"], a["window_end"], a["count"], a["alert_id"]
+                    )
+                })
+                .collect();
+            b.sort();
+            b
+        };
+        assert_eq!(
+            unique_ids(&got),
+            unique_ids(&reference),
+            "seed {seed}:\n{:#?}\n{:#?}\n{}",
+            brief(&got),
+            brief(&reference),
+            stderr_all(&[&a, &b])
+        );
+        // The survivor holds every shard of both streams; it took them within the lease
+        // timeout (3 s) plus a lease round or two.
+        assert!(
+            s.balanced(&ep, &["a"], 4, Duration::from_secs(1)),
+            "seed {seed}: {:?}",
+            s.owners(&ep)
+        );
+        let taken = took_all_after(&a, killed_at.unwrap());
+        assert!(
+            taken < Duration::from_secs(8),
+            "seed {seed}: shards taken {taken:?} after the kill"
+        );
+        eprintln!(
+            "seed {seed}: killed b at round {killed_round} after it sent {b_sent} alerts; its shards taken over {taken:?} after; {} alerts identical to replay",
+            got.len()
+        );
+    }
+}
+
+/// A replica joining mid-run takes a fair share (half the shards of each stream) and the
+/// alerts are still those of replay, once each.
+#[test]
+fn a_replica_joining_mid_run_takes_a_fair_share() {
+    let Some(ep) = emulator() else { return };
+    let s = setup(&ep, "join", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let a = s.replica(&ep, dir.path(), "a", &[]);
+    assert!(
+        s.balanced(&ep, &["a"], 4, Duration::from_secs(20)),
+        "{:?}",
+        s.owners(&ep)
+    );
+    let mut noise = Noise::load();
+    let (start, _) = s.plant("join1", 2, &mut noise);
+    let b = s.replica(&ep, dir.path(), "b", &[]);
+    let (_, end) = s.plant("join2", 2, &mut noise);
+    assert!(
+        s.balanced(&ep, &["a", "b"], 2, Duration::from_secs(20)),
+        "{:?}\n{}",
+        s.owners(&ep),
+        stderr_all(&[&a, &b])
+    );
+    let (_, end2) = s.plant("join3", 2, &mut noise);
+    let expected = 12;
+    let done = wait_until(Duration::from_secs(40), || {
+        s.tick(&mut noise);
+        std::thread::sleep(Duration::from_millis(500));
+        union(&[&a, &b]).len() >= expected
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let got = union(&[&a, &b]);
+    assert!(
+        done,
+        "{} alerts of {expected}:\n{got:#?}\n{}",
+        got.len(),
+        stderr_all(&[&a, &b])
+    );
+    let reference = s.replay(&ep, dir.path(), start, end.max(end2));
+    assert_eq!(reference.len(), expected);
+    assert_eq!(keys(&got), keys(&reference));
+    assert_eq!(unique_ids(&got), unique_ids(&reference));
+    assert!(
+        !alerts(&b.output).is_empty(),
+        "the joining replica owns some windows, so it should have sent some alerts"
+    );
+}
+
+/// A split of a source shard mid-run: the parent is read to its end before its children, and
+/// no alert is lost or sent twice.
+#[test]
+fn a_shard_split_mid_run_loses_nothing() {
+    let Some(ep) = emulator() else { return };
+    let s = setup(&ep, "split", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let a = s.replica(&ep, dir.path(), "a", &[]);
+    let b = s.replica(&ep, dir.path(), "b", &[]);
+    assert!(
+        s.balanced(&ep, &["a", "b"], 2, Duration::from_secs(20)),
+        "{:?}",
+        s.owners(&ep)
+    );
+    let mut noise = Noise::load();
+    let (start, _) = s.plant("split1", 2, &mut noise);
+    // Half of shard 0's hash range (shard 0 of 4 covers [0, 2^126)).
+    s.split_shard("shardId-000000000000");
+    let (_, end) = s.plant("split2", 3, &mut noise);
+    let expected = 10;
+    let done = wait_until(Duration::from_secs(40), || {
+        s.tick(&mut noise);
+        std::thread::sleep(Duration::from_millis(500));
+        union(&[&a, &b]).len() >= expected
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let got = union(&[&a, &b]);
+    assert!(
+        done,
+        "{} alerts of {expected}:\n{got:#?}\n{}",
+        got.len(),
+        stderr_all(&[&a, &b])
+    );
+    let reference = s.replay(&ep, dir.path(), start, end);
+    assert_eq!(reference.len(), expected);
+    assert_eq!(keys(&got), keys(&reference));
+    assert_eq!(unique_ids(&got), unique_ids(&reference));
+    // The parent was read to its end and both children are leased.
+    let text = stderr_all(&[&a, &b]);
+    assert!(
+        text.contains("shardId-000000000000 read to its end"),
+        "{text}"
+    );
+    for child in ["shardId-000000000004", "shardId-000000000005"] {
+        assert!(
+            text.contains(&format!("match stage: took {child}")),
+            "{text}"
+        );
+    }
+}
+
+/// Throughput and alert latency with 1, 2 and 4 replicas against the emulator's own ceiling
+/// (ignored by default; about 2 minutes):
+/// `AWS_ENDPOINT_URL=... cargo test -p authwatch --test kinesis_replicas -- --ignored --nocapture kinesis_bench`.
+/// The feeder puts batches of 200 corpus events (re-timed to now) round-robin over the three
+/// audit streams for `AUTHWATCH_KINESIS_BENCH_SECS` (default 15) and an attack of 22 denials
+/// every second; latency is from the attack's last `PutLogEvents` returning to its
+/// `denied-by-source-ip` alert appearing in a replica's output. Throughput is the events put
+/// divided by the time from the first put to the alert of a last attack put after the feed.
+#[test]
+#[ignore]
+fn kinesis_bench() {
+    let Some(ep) = emulator() else { return };
+    let secs: u64 = std::env::var("AUTHWATCH_KINESIS_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    for n in [0usize, 1, 2, 4] {
+        let s = setup(&ep, &format!("bench{n}"), 4);
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+        let runners: Vec<Runner> = ids
+            .iter()
+            .map(|id| s.replica(&ep, dir.path(), id, &[]))
+            .collect();
+        if let Some(each) = 4usize.checked_div(n) {
+            let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
+            assert!(s.balanced(&ep, &idr, each, Duration::from_secs(30)));
+        }
+        let refs: Vec<&Runner> = runners.iter().collect();
+        let mut noise = Noise::load();
+        let started = std::time::Instant::now();
+        let mut put_events = 0usize;
+        let mut attacks: Vec<(String, std::time::Instant)> = Vec::new();
+        let mut next_attack = std::time::Instant::now();
+        let mut k = 0usize;
+        let mut seen: std::collections::HashMap<String, std::time::Instant> = Default::default();
+        let look = |seen: &mut std::collections::HashMap<String, std::time::Instant>| {
+            for a in union(&refs) {
+                if a["rule"] == "denied-by-source-ip" {
+                    let ip = a["group"]["sourceIPs"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    seen.entry(ip).or_insert_with(std::time::Instant::now);
+                }
+            }
+        };
+        while started.elapsed() < Duration::from_secs(secs) {
+            let batch = noise.events(200, now_ms(), 0);
+            s.emu.put(&s.group, STREAMS[k % 3], &batch);
+            put_events += batch.len();
+            k += 1;
+            if std::time::Instant::now() >= next_attack {
+                let ip = format!("192.0.2.{}", attacks.len() + 1);
+                let at = attack(
+                    &format!("b{n}-{}", attacks.len()),
+                    22,
+                    now_ms() - 200,
+                    5,
+                    &ip,
+                    "bench",
+                );
+                for (i, st) in STREAMS.iter().enumerate() {
+                    let part: Vec<_> = at.iter().skip(i).step_by(3).cloned().collect();
+                    s.emu.put(&s.group, st, &part);
+                }
+                put_events += at.len();
+                attacks.push((ip, std::time::Instant::now()));
+                next_attack += Duration::from_secs(1);
+            }
+            if n > 0 && k.is_multiple_of(5) {
+                look(&mut seen);
+            }
+        }
+        let feed_secs = started.elapsed().as_secs_f64();
+        if n == 0 {
+            eprintln!(
+                "bench: emulator ceiling (no replica): {put_events} events in {feed_secs:.1} s = {:.0} events/s through PutLogEvents and the subscription",
+                put_events as f64 / feed_secs
+            );
+            continue;
+        }
+        let all = wait_until(Duration::from_secs(120), || {
+            s.tick(&mut noise);
+            look(&mut seen);
+            attacks.iter().all(|(ip, _)| seen.contains_key(ip))
+        });
+        let done = attacks
+            .iter()
+            .filter_map(|(ip, _)| seen.get(ip))
+            .max()
+            .map_or(0.0, |t| t.duration_since(started).as_secs_f64());
+        let mut lat: Vec<f64> = attacks
+            .iter()
+            .filter_map(|(ip, t)| seen.get(ip).map(|s| s.duration_since(*t).as_secs_f64()))
+            .collect();
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        eprintln!(
+            "bench: {n} replica(s): {put_events} events put in {feed_secs:.1} s ({:.0}/s); all {} attack alerts {} after {done:.1} s = {:.0} events/s end to end; latency p50 {:.2} s, p90 {:.2} s, max {:.2} s",
+            put_events as f64 / feed_secs,
+            attacks.len(),
+            if all { "seen" } else { "NOT all seen" },
+            put_events as f64 / done.max(0.001),
+            pct(0.5),
+            pct(0.9),
+            pct(1.0)
+        );
+    }
+}
+
+/// The alert claim against moto's DynamoDB: the first claimer delivers, another replica waits
+/// while the claim is fresh, takes a stale `pending` claim over (its claimer died between the
+/// claim and the sinks), and nobody delivers once it is marked sent.
+#[test]
+fn alert_claims_are_two_phase_and_a_stale_claim_is_taken_over() {
+    use authwatch_aws::lease::{Claim, LeaseTable};
+    let Some(ep) = emulator() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let conf = sdk_conf(&rt, &ep);
+    let table = LeaseTable::new(
+        aws_sdk_dynamodb::Client::new(&conf),
+        &format!("claims-{}-{}", std::process::id(), now_ms()),
+    );
+    rt.block_on(async {
+        table.ensure().await.unwrap();
+        let t = 1_000_000;
+        assert_eq!(
+            table.claim_alert("x", "a", t, 3_000).await.unwrap(),
+            Claim::Deliver
+        );
+        assert_eq!(
+            table.claim_alert("x", "b", t + 1_000, 3_000).await.unwrap(),
+            Claim::InFlight { claimed_ms: t }
+        );
+        // a died without marking it sent: b takes it over once the claim is stale.
+        assert_eq!(
+            table.claim_alert("x", "b", t + 3_000, 3_000).await.unwrap(),
+            Claim::Deliver
+        );
+        assert_eq!(
+            table.claim_alert("x", "a", t + 3_500, 3_000).await.unwrap(),
+            Claim::InFlight {
+                claimed_ms: t + 3_000
+            }
+        );
+        table.alert_sent("x").await.unwrap();
+        for who in ["a", "b", "c"] {
+            assert_eq!(
+                table
+                    .claim_alert("x", who, t + 60_000, 3_000)
+                    .await
+                    .unwrap(),
+                Claim::AlreadySent
+            );
+        }
+        assert_eq!(
+            table.claim_alert("y", "c", t, 3_000).await.unwrap(),
+            Claim::Deliver
+        );
+    });
+}
+
+/// `--role match` and `--role window` in separate processes: the first holds every source
+/// shard, the second every match-stream shard, and together they give replay's alerts.
+#[test]
+fn split_roles_give_the_alerts_of_replay() {
+    let Some(ep) = emulator() else { return };
+    let s = setup(&ep, "roles", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let m = s.replica(&ep, dir.path(), "m", &["--role", "match"]);
+    let w = s.replica(&ep, dir.path(), "w", &["--role", "window"]);
+    let held = |stream: &str, id: &str| {
+        s.owners(&ep)
+            .get(&(stream.to_owned(), id.to_owned()))
+            .copied()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || held(&s.source, "m") == Some(4)
+            && held(&s.matches, "w") == Some(4)),
+        "{:?}",
+        s.owners(&ep)
+    );
+    let mut noise = Noise::load();
+    let (start, end) = s.plant("roles", 3, &mut noise);
+    let expected = 6;
+    let done = wait_until(Duration::from_secs(40), || {
+        s.tick(&mut noise);
+        std::thread::sleep(Duration::from_millis(500));
+        alerts(&w.output).len() >= expected
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let got = union(&[&m, &w]);
+    assert!(
+        done,
+        "{} alerts of {expected}:\n{got:#?}\n{}",
+        got.len(),
+        stderr_all(&[&m, &w])
+    );
+    assert!(
+        alerts(&m.output).is_empty(),
+        "the match role sends no alert"
+    );
+    assert_eq!(held(&s.matches, "m"), None);
+    assert_eq!(held(&s.source, "w"), None);
+    let reference = s.replay(&ep, dir.path(), start, end);
+    assert_eq!(keys(&got), keys(&reference));
+    assert_eq!(unique_ids(&got), unique_ids(&reference));
+}
