@@ -21,6 +21,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use authwatch_aws::backoff::Backoff;
@@ -35,6 +36,7 @@ use authwatch_rules::{Alert, Engine, EngineConfig, Matcher, Prefilter, Rule};
 use serde::{Deserialize, Serialize};
 
 use crate::live::{StartAt, AUDIT_STREAM_PREFIX};
+use crate::service::ServiceMetrics;
 use crate::sinks::AlertSink;
 
 /// Which stages a replica runs.
@@ -80,6 +82,8 @@ pub struct KinesisOptions {
     pub max_lateness: Micros,
     /// `--poll-interval`: how often a caught-up shard is asked again.
     pub poll_interval: Duration,
+    /// `--http-addr`: serve `/healthz`, `/readyz`, `/metrics` here.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 /// Why a Kinesis run stopped.
@@ -123,6 +127,9 @@ pub struct KinesisCounters {
     pub leases_gained: u64,
     /// Leases lost.
     pub leases_lost: u64,
+    /// Alerts delivered, by (rule, severity), for `/metrics`.
+    #[serde(skip)]
+    pub alerts_by_rule_severity: BTreeMap<(String, String), u64>,
 }
 
 /// One match as stage 1 writes it: the rule, the key, and the audit event with what the
@@ -314,6 +321,26 @@ async fn run_async(
     });
 
     let mut counters = KinesisCounters::default();
+    // /healthz, /readyz, /metrics as in the polling run. Ready: the lease table answered
+    // and every stage this replica runs has read its stream within three poll intervals
+    // (plus 30 s, the time a lease round may take).
+    let read_names: Vec<String> = [
+        opts.role.matches().then(|| source.name().to_owned()),
+        opts.role.windows().then(|| matches.name().to_owned()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let service = Arc::new(Mutex::new(ServiceMetrics::new(
+        &read_names,
+        opts.poll_interval * 3 + Duration::from_secs(30),
+    )));
+    lock(&service).state_loaded();
+    if let Some(addr) = opts.http_addr {
+        let bound = crate::service::serve(addr, service.clone())?;
+        tracing::info!("authwatch run: serving /healthz /readyz /metrics on http://{bound}");
+    }
+    let mut next_snapshot = Instant::now();
     let tick_every = (opts.lease_timeout / 3).max(Duration::from_millis(500));
     let mut next_tick = Instant::now();
     let mut next_report = Instant::now() + Duration::from_secs(30);
@@ -387,6 +414,25 @@ async fn run_async(
             }
             r = step => if let Err(e) = r { result = Err(e); break 'run; },
         }
+        {
+            // A step that returned read every stream this replica holds.
+            let mut m = lock(&service);
+            for name in &read_names {
+                m.read_ok(name);
+            }
+        }
+        if Instant::now() >= next_snapshot {
+            next_snapshot = Instant::now() + Duration::from_secs(1);
+            let active_keys = stage2.as_ref().map_or(0, |st| {
+                st.shards.values().map(|w| w.engine.active_keys()).sum()
+            });
+            lock(&service).update(snapshot(
+                &counters,
+                &*sink,
+                (source.name(), matches.name()),
+                active_keys,
+            ));
+        }
         tokio::select! {
             biased;
             signal = &mut shutdown => {
@@ -413,6 +459,45 @@ async fn run_async(
         serde_json::to_string(&counters).unwrap_or_default()
     );
     result.map(|()| counters)
+}
+
+fn lock(m: &Mutex<ServiceMetrics>) -> std::sync::MutexGuard<'_, ServiceMetrics> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The run's figures in the shape `/metrics` serves: records by stream, events by outcome
+/// (`parsed`, `prefiltered`, `other_stream`, `control_message`, `match_written`,
+/// `match_read`, `already_sent`), alerts by rule and severity, the sinks.
+fn snapshot(
+    c: &KinesisCounters,
+    sink: &dyn AlertSink,
+    (source, matches): (&str, &str),
+    active_keys: usize,
+) -> crate::service::Snapshot {
+    let mut records = BTreeMap::new();
+    records.insert(source.to_owned(), c.source_records);
+    records.insert(matches.to_owned(), c.matches_read);
+    let mut events = BTreeMap::new();
+    events.insert("parsed", c.log_events);
+    events.insert("prefiltered", c.prefiltered);
+    events.insert("other_stream", c.other_streams);
+    events.insert("control_message", c.control_messages);
+    events.insert("match_written", c.matches_written);
+    events.insert("match_read", c.matches_read);
+    events.insert("already_sent", c.alerts_already_sent);
+    let mut parse_errors = BTreeMap::new();
+    parse_errors.insert("undecodable".to_owned(), c.parse_errors);
+    let mut sinks = BTreeMap::new();
+    sink.figures(&mut sinks);
+    crate::service::Snapshot {
+        records,
+        events,
+        parse_errors,
+        alerts: c.alerts_by_rule_severity.clone(),
+        sinks,
+        active_keys: active_keys as u64,
+        ..crate::service::Snapshot::default()
+    }
 }
 
 /// Where a shard taken over starts: after its checkpoint; a child of a split or merge (its
@@ -843,6 +928,10 @@ async fn window_step(
                     sink.flush()?;
                     retrying!("marking an alert sent", table.alert_sent(&a.alert_id))?;
                     counters.alerts_delivered += 1;
+                    *counters
+                        .alerts_by_rule_severity
+                        .entry((a.rule.clone(), a.severity.as_str().to_owned()))
+                        .or_default() += 1;
                 }
                 Claim::AlreadySent => counters.alerts_already_sent += 1,
                 Claim::InFlight { claimed_ms } => {

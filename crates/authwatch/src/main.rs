@@ -953,6 +953,13 @@ fn run_kinesis(
         start_at: args.start_at,
         max_lateness: args.max_lateness,
         poll_interval: micros_to_duration(args.poll_interval),
+        http_addr: match parse_http_addr(&args.http_addr) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("authwatch: --http-addr: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let result = authwatch::kinesis_run::run(&opts, rules, &mut sinks::Fanout::new(sinks.all()));
     let closed = sinks.close();

@@ -110,7 +110,13 @@ impl Setup {
                 "--max-lateness",
                 "5s",
             ])
-            .args(["--http-addr", "off", "--state-dir"])
+            // `extra` may give one.
+            .args(if extra.contains(&"--http-addr") {
+                &[][..]
+            } else {
+                &["--http-addr", "off"][..]
+            })
+            .arg("--state-dir")
             .arg(dir.join(format!("{id}-state")))
             .arg("--output")
             .arg(&out)
@@ -276,8 +282,16 @@ fn replicas_match_replay(n: usize) {
     let Some(ep) = emulator() else { return };
     let s = setup(&ep, &format!("kin{n}"), 4);
     let dir = tempfile::tempdir().unwrap();
+    let http: Vec<String> = (0..n).map(|_| free_addr()).collect();
     let runners: Vec<Runner> = (0..n)
-        .map(|i| s.replica(&ep, dir.path(), &format!("r{i}"), &[]))
+        .map(|i| {
+            s.replica(
+                &ep,
+                dir.path(),
+                &format!("r{i}"),
+                &["--http-addr", &http[i]],
+            )
+        })
         .collect();
     // The replicas create the table and share the leases fairly before the events come.
     let ids: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
@@ -308,6 +322,25 @@ fn replicas_match_replay(n: usize) {
     assert_eq!(reference.len(), expected, "{reference:#?}");
     assert_eq!(keys(&got), keys(&reference));
     assert_eq!(unique_ids(&got), unique_ids(&reference));
+    // Each replica serves its health and figures; together they count every alert once.
+    for (i, addr) in http.iter().enumerate() {
+        assert_eq!(http_get(addr, "/readyz").0, 200, "replica r{i}");
+    }
+    let counted = || -> f64 {
+        http.iter()
+            .map(|a| metric(a, "authwatch_alerts_total", ""))
+            .sum()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || counted() == expected as f64),
+        "/metrics alerts {} of {expected}",
+        counted()
+    );
+    let read: f64 = http
+        .iter()
+        .map(|a| metric(a, "authwatch_records_total", ""))
+        .sum();
+    assert!(read > 0.0, "no records in /metrics");
 }
 
 #[test]
