@@ -41,3 +41,77 @@ fn the_kinesis_template_passes_cfn_lint() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// The template's ConsumerPolicy grants what `authwatch run --kinesis-stream` calls
+/// (`authwatch::iam::KINESIS_RUN_ACTIONS`, itself checked against the code), except
+/// `dynamodb:CreateTable`: the template creates the table.
+#[test]
+fn the_consumer_policy_grants_the_kinesis_run_actions_but_table_creation() {
+    let text =
+        std::fs::read_to_string(repo().join("docker/kinesis/authwatch-kinesis.yaml")).unwrap();
+    let start = text.find("  ConsumerPolicy:").expect("ConsumerPolicy");
+    let end = text[start..]
+        .find("\nOutputs:")
+        .map_or(text.len(), |i| start + i);
+    let mut granted: Vec<String> = text[start..end]
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == ':'))
+        .filter(|w| w.starts_with("kinesis:") || w.starts_with("dynamodb:"))
+        .map(str::to_owned)
+        .collect();
+    granted.sort();
+    granted.dedup();
+    let mut wanted: Vec<String> = authwatch::iam::KINESIS_RUN_ACTIONS
+        .iter()
+        .filter(|a| **a != "dynamodb:CreateTable")
+        .map(|a| (*a).to_owned())
+        .collect();
+    wanted.sort();
+    assert_eq!(granted, wanted);
+}
+
+/// The multi-replica EKS manifest: a StatefulSet (a spool volume per replica) whose
+/// configuration `authwatch config check` accepts as a Kinesis run.
+#[test]
+fn the_kinesis_eks_manifest_is_a_stateful_set_with_a_valid_config() {
+    let text = std::fs::read_to_string(repo().join("docker/eks/authwatch-kinesis.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|d| {
+            let v: serde_norway::Value = serde::Deserialize::deserialize(d).unwrap();
+            serde_json::to_value(v).unwrap()
+        })
+        .collect();
+    let set = docs
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet")
+        .expect("a StatefulSet");
+    assert!(set["spec"]["replicas"].as_u64().unwrap() >= 2);
+    assert_eq!(
+        set["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"][0],
+        "ReadWriteOnce"
+    );
+    let c = &set["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .and_then(|d| d["data"]["authwatch.yaml"].as_str())
+        .expect("the ConfigMap's authwatch.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("authwatch.yaml");
+    std::fs::write(&file, config).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_authwatch"))
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .env("AUTHWATCH_REPLICA_ID", "authwatch-0")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("kinesis-stream:"), "{out}");
+    assert!(out.contains("AUTHWATCH_REPLICA_ID"), "{out}");
+}
