@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TableStatus,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -38,6 +38,12 @@ use crate::kinesis::ShardInfo;
 /// The checkpoint of a shard read to its end.
 pub const SHARD_END: &str = "SHARD_END";
 const KEY: &str = "leaseKey";
+/// The attribute DynamoDB's time to live reads (epoch seconds): alert claims expire.
+pub const EXPIRES_AT: &str = "expiresAt";
+/// How long an alert claim is kept: far longer than any rebuild reaches back (a rule's
+/// window and cooldown, hours at most), short enough that the table, which every window
+/// replica scans, does not grow with every alert ever sent.
+pub const ALERT_CLAIM_TTL: Duration = Duration::from_secs(2 * 86_400);
 
 /// A failed DynamoDB call.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +189,7 @@ impl LeaseTable {
             .billing_mode(BillingMode::PayPerRequest)
             .send()
             .await;
+        let mut created_here = true;
         if let Err(e) = created {
             let exists = e
                 .as_service_error()
@@ -190,6 +197,7 @@ impl LeaseTable {
             if !exists {
                 return Err(err("CreateTable", &e));
             }
+            created_here = false;
         }
         for _ in 0..120 {
             let d = self
@@ -200,6 +208,9 @@ impl LeaseTable {
                 .await
                 .map_err(|e| err("DescribeTable", &e))?;
             if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                if created_here {
+                    self.expire_alert_claims().await;
+                }
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -208,6 +219,34 @@ impl LeaseTable {
             op: "DescribeTable",
             class: ErrorClass::Transient(format!("table {} not active after 60 s", self.table)),
         })
+    }
+
+    /// Turns on the table's time to live on [`EXPIRES_AT`] (a table this replica created; the
+    /// CloudFormation template sets it itself). Without it claims are only never deleted, so
+    /// a failure is reported, not fatal.
+    async fn expire_alert_claims(&self) {
+        let spec = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name(EXPIRES_AT)
+            .build();
+        let r = match spec {
+            Ok(spec) => self
+                .client
+                .update_time_to_live()
+                .table_name(&self.table)
+                .time_to_live_specification(spec)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| err("UpdateTimeToLive", &e).to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(
+                "authwatch: lease table {}: could not turn on time to live for alert claims ({e}); they will accumulate",
+                self.table
+            );
+        }
     }
 
     /// Creates the lease items of shards that have none (a new shard, or a first start).
@@ -345,6 +384,10 @@ impl LeaseTable {
             .item("leaseOwner", s(owner))
             .item("claimedMs", n(now_ms))
             .item("alertState", s("pending"))
+            .item(
+                EXPIRES_AT,
+                n(now_ms / 1000 + ALERT_CLAIM_TTL.as_secs() as i64),
+            )
             .condition_expression("attribute_not_exists(leaseKey)")
             .send()
             .await;

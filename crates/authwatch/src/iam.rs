@@ -24,6 +24,7 @@ pub const KINESIS_RUN_ACTIONS: &[&str] = &[
     "dynamodb:GetItem",
     "dynamodb:UpdateItem",
     "dynamodb:Scan",
+    "dynamodb:UpdateTimeToLive",
 ];
 
 /// `authwatch alarms sync`.

@@ -704,10 +704,9 @@ fn alert_claims_are_two_phase_and_a_stale_claim_is_taken_over() {
         .build()
         .unwrap();
     let conf = sdk_conf(&rt, &ep);
-    let table = LeaseTable::new(
-        aws_sdk_dynamodb::Client::new(&conf),
-        &format!("claims-{}-{}", std::process::id(), now_ms()),
-    );
+    let name = format!("claims-{}-{}", std::process::id(), now_ms());
+    let ddb = aws_sdk_dynamodb::Client::new(&conf);
+    let table = LeaseTable::new(ddb.clone(), &name);
     rt.block_on(async {
         table.ensure().await.unwrap();
         let t = 1_000_000;
@@ -744,6 +743,35 @@ fn alert_claims_are_two_phase_and_a_stale_claim_is_taken_over() {
             table.claim_alert("y", "c", t, 3_000).await.unwrap(),
             Claim::Deliver
         );
+        // Claims expire (the table's time to live, turned on by the replica that created
+        // it), two days after the first claim, taken-over claims included.
+        let ttl = ddb
+            .describe_time_to_live()
+            .table_name(&name)
+            .send()
+            .await
+            .unwrap();
+        let d = ttl.time_to_live_description().unwrap();
+        assert_eq!(d.attribute_name(), Some("expiresAt"));
+        assert_eq!(
+            d.time_to_live_status(),
+            Some(&aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled)
+        );
+        let item = ddb
+            .get_item()
+            .table_name(&name)
+            .key(
+                "leaseKey",
+                aws_sdk_dynamodb::types::AttributeValue::S("alert#x".into()),
+            )
+            .send()
+            .await
+            .unwrap();
+        let expires = item
+            .item()
+            .and_then(|i| i.get("expiresAt"))
+            .and_then(|v| v.as_n().ok());
+        assert_eq!(expires.map(String::as_str), Some("173800"), "{item:?}");
     });
 }
 
