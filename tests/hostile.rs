@@ -382,7 +382,7 @@ fn bundled_with_max_keys(max_keys: usize) -> Vec<authwatch_rules::Rule> {
 }
 
 #[test]
-fn millions_of_distinct_addresses_are_bounded_by_max_keys_and_the_attack_after_them_fires() {
+fn an_address_spray_past_max_keys_stays_bounded_is_reported_and_the_attack_after_it_fires() {
     // Streamed into the engine as they are generated: nothing is stored.
     const SPRAY: u32 = 50_000;
     const MAX_KEYS: usize = 1_000;

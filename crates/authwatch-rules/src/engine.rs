@@ -94,20 +94,36 @@ struct HitInfo {
     cluster: Option<Arc<str>>,
 }
 
-/// An auditID as the engine keeps it. Kubernetes writes UUIDs (36 characters of text): those
-/// in canonical form (lowercase, hyphenated) are kept as their 16 bytes, with no allocation,
-/// and turn back into the same text; any other id is kept as text. The same id always takes
-/// the same form, so equality and hashing are those of the text, and [`Ord`] is the text's
-/// order (the bytes of a canonical UUID compare like its lowercase hex).
+/// An auditID as the engine keeps it, in 24 bytes. Kubernetes writes UUIDs (36 characters of
+/// text): those in canonical form (lowercase, hyphenated) are kept as their 16 bytes, with no
+/// allocation, and turn back into the same text; other ids up to [`INLINE_ID`] bytes are kept
+/// inline, longer ones in one shared allocation. The same id always takes the same form, so
+/// equality and hashing are those of the text, and [`Ord`] is the text's order (the bytes of a
+/// canonical UUID compare like its lowercase hex).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum AuditId {
     Uuid([u8; 16]),
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
     Text(Arc<str>),
 }
 
+/// Longest auditID kept inline when it is not a UUID.
+const INLINE_ID: usize = 22;
+
 impl AuditId {
     fn new(s: &str) -> AuditId {
-        parse_uuid(s).map_or_else(|| AuditId::Text(Arc::from(s)), AuditId::Uuid)
+        if let Some(b) = parse_uuid(s) {
+            return AuditId::Uuid(b);
+        }
+        if s.len() <= INLINE_ID {
+            let mut bytes = [0u8; INLINE_ID];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            return AuditId::Inline {
+                len: s.len() as u8,
+                bytes,
+            };
+        }
+        AuditId::Text(Arc::from(s))
     }
 
     /// Calls `f` with the id's text (rendered on the stack for a UUID).
@@ -117,6 +133,10 @@ impl AuditId {
                 let buf = render_uuid(b);
                 f(std::str::from_utf8(&buf).unwrap_or_default())
             }
+            AuditId::Inline { len, bytes } => f(std::str::from_utf8(
+                bytes.get(..usize::from(*len)).unwrap_or_default(),
+            )
+            .unwrap_or_default()),
             AuditId::Text(t) => f(t),
         }
     }
@@ -1471,6 +1491,7 @@ mod tests {
         assert!(matches!(id, AuditId::Uuid(_)));
         assert_eq!(id.to_string(), s);
         for other in [
+            "0F8E7D6C-5B4A-4939-8271-605F4E3D2C1B-and-some-more",
             "0F8E7D6C-5B4A-4939-8271-605F4E3D2C1B",
             "0f8e7d6c5b4a49398271605f4e3d2c1b",
             "0f8e7d6c-5b4a-4939-8271-605f4e3d2c1",
@@ -1478,7 +1499,7 @@ mod tests {
             "",
         ] {
             let id = AuditId::new(other);
-            assert!(matches!(id, AuditId::Text(_)), "{other}");
+            assert!(!matches!(id, AuditId::Uuid(_)), "{other}");
             assert_eq!(id.to_string(), other);
         }
     }
@@ -1496,6 +1517,11 @@ mod tests {
             "00000000-0000-4000-8000-00000000000",
             "00000000-0000-4000-8000-0000000000000",
             "g",
+            "s-1",
+            "s-10",
+            "s-9",
+            "a-rather-long-audit-id-that-is-not-a-uuid",
+            "a-rather-long-audit-id-that-is-not-a-uuie",
         ];
         for a in texts {
             for b in texts {
@@ -1532,6 +1558,7 @@ mod tests {
         assert_ne!(Key::new(&["1:2", "3"]), Key::new(&["1", "2:3"]));
         assert_eq!(std::mem::size_of::<Key>(), 24);
         assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<AuditId>(), 24);
     }
 
     #[test]
