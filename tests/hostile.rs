@@ -343,3 +343,128 @@ fn a_catastrophic_regex_runs_in_linear_time_on_a_100_kb_value() {
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     assert_eq!(alerts[0].sample_audit_ids, ["yes"]);
 }
+
+/// The `i`-th event of a 401 spray: one request from each of many distinct addresses, one a
+/// millisecond from 10:00:00, as an anonymous scanner's would look.
+fn spray_line(i: u32) -> String {
+    let start = authwatch_event::time::parse_timestamp("2026-11-20T10:00:00Z").unwrap();
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"{i:08x}-0000-4000-8000-000000000000","verb":"get","requestURI":"/api","user":{{}},"sourceIPs":["10.{}.{}.{}"],"userAgent":"spray/1.0","responseStatus":{{"code":401}},"requestReceivedTimestamp":"{}"}}"#,
+        (i >> 16) & 255,
+        (i >> 8) & 255,
+        i & 255,
+        authwatch_event::time::format_millis(start + i64::from(i) * 1000)
+    )
+}
+
+/// The attack that follows the spray: 20 denials from one address within a minute.
+fn after_the_spray(spray: u32) -> impl Iterator<Item = String> {
+    (0..20).map(move |i| {
+        denied_at(
+            &format!("attack-{i}"),
+            "203.0.113.9",
+            403,
+            &format!("2026-11-20T10:{:02}:{:02}.000Z", 1 + spray / 60_000, 10 + i),
+        )
+    })
+}
+
+/// The bundled rules with a small `max_keys`, so that a spray of tens of thousands of
+/// addresses shows what one of millions would at the default (1,000,000).
+fn bundled_with_max_keys(max_keys: usize) -> Vec<authwatch_rules::Rule> {
+    bundled()
+        .into_iter()
+        .map(|mut r| {
+            r.max_keys = max_keys;
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn an_address_spray_past_max_keys_stays_bounded_is_reported_and_the_attack_after_it_fires() {
+    // Streamed into the engine as they are generated: nothing is stored.
+    const SPRAY: u32 = 50_000;
+    const MAX_KEYS: usize = 1_000;
+    let rules = bundled_with_max_keys(MAX_KEYS);
+    let n_rules = rules.len();
+    let mut engine = authwatch_rules::Engine::new(rules, authwatch_rules::EngineConfig::default());
+    let mut alerts = Vec::new();
+    let mut most_keys = 0;
+    let lines = (0..SPRAY).map(spray_line).chain(after_the_spray(SPRAY));
+    for (n, line) in lines.enumerate() {
+        let record = authwatch_event::RawRecord {
+            message: line.as_bytes(),
+            ..Default::default()
+        };
+        authwatch_event::visit_events(&record, &mut |ev| engine.observe(&ev.unwrap(), &mut alerts));
+        if n % 1000 == 0 {
+            most_keys = most_keys.max(engine.active_keys());
+        }
+    }
+    most_keys = most_keys.max(engine.active_keys());
+    engine.finish(&mut alerts);
+    // Every rule stays within its max_keys whatever the number of addresses.
+    assert!(most_keys <= n_rules * MAX_KEYS, "{most_keys} keys");
+    // Each address past the first 1,000 evicts one (all are inside one window), and so does
+    // the attacker's, which is new.
+    let evicted = engine
+        .stats()
+        .evicted_keys
+        .get("denied-by-source-ip")
+        .copied();
+    assert_eq!(evicted, Some(u64::from(SPRAY) - MAX_KEYS as u64 + 1));
+    // The spray is reported, once per cooldown, by the built-in alert.
+    let cardinality: Vec<_> = alerts
+        .iter()
+        .filter(|a| {
+            a.rule == authwatch_rules::CARDINALITY_RULE
+                && a.group.0 == [("rule".to_owned(), "denied-by-source-ip".to_owned())]
+        })
+        .collect();
+    assert_eq!(cardinality.len(), 1, "{cardinality:#?}");
+    assert_eq!(cardinality[0].evicted_keys, Some(1));
+    // None of the sprayed addresses fires, the attacker after them does, with every event.
+    let by_ip: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.rule == "denied-by-source-ip")
+        .collect();
+    assert_eq!(by_ip.len(), 1, "{by_ip:#?}");
+    assert_eq!(by_ip[0].group.0[0].1, "203.0.113.9");
+    assert_eq!(by_ip[0].count, 20);
+}
+
+#[test]
+fn an_address_spray_through_replay_raises_the_cardinality_alert_and_the_attack_still_fires() {
+    // The same through the whole replay pipeline (framing, prefilter, decoding threads),
+    // from a file generated here.
+    const SPRAY: u32 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spray.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    for line in (0..SPRAY).map(spray_line).chain(after_the_spray(SPRAY)) {
+        writeln!(f, "{line}").unwrap();
+    }
+    drop(f);
+    let (alerts, s) = run(
+        &[path],
+        FormatChoice::Auto,
+        bundled_with_max_keys(500),
+        None,
+    );
+    assert_eq!(s.events_parsed, u64::from(SPRAY) + 20);
+    assert!(
+        s.alerts_by_rule
+            .get(authwatch_rules::CARDINALITY_RULE)
+            .is_some_and(|&n| n >= 1),
+        "{:?}",
+        s.alerts_by_rule
+    );
+    let by_ip: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.rule == "denied-by-source-ip")
+        .collect();
+    assert_eq!(by_ip.len(), 1, "{by_ip:#?}");
+    assert_eq!(by_ip[0].group.0[0].1, "203.0.113.9");
+    assert_eq!(by_ip[0].count, 20);
+}

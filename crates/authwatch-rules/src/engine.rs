@@ -15,8 +15,12 @@
 //!
 //! There is no clock and no I/O here: the same events in give the same alerts out.
 
+use std::borrow::Cow;
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::fmt;
+use std::hash::BuildHasher;
+use std::net::Ipv6Addr;
 use std::sync::Arc;
 
 use authwatch_event::{cluster_from_log_group, EventView, Micros};
@@ -26,6 +30,10 @@ use smallvec::SmallVec;
 use crate::alert::{stable_id, Alert, Group};
 use crate::field::EventFacts;
 use crate::rule::{Rule, RuleKind};
+
+/// The engine's maps are keyed by text an attacker chooses (addresses, auditIDs): foldhash is
+/// several times cheaper than SipHash and, seeded per process, still not predictable.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -78,7 +86,7 @@ pub struct EngineStats {
 /// What an alert needs to know about one counted event; shared by every key it fans out to.
 #[derive(Debug)]
 struct HitInfo {
-    audit_id: Option<Arc<str>>,
+    audit_id: Option<AuditId>,
     code: Option<i64>,
     verb: Option<Arc<str>>,
     user: Option<Arc<str>>,
@@ -86,14 +94,155 @@ struct HitInfo {
     cluster: Option<Arc<str>>,
 }
 
-/// A key: the values of a rule's `group_by`, in one allocation (memory per key matters when
-/// an attacker sprays addresses). Each value is stored as its length in bytes, `:`, and the
-/// value, so no value can run into the next.
+/// An auditID as the engine keeps it, in 24 bytes. Kubernetes writes UUIDs (36 characters of
+/// text): those in canonical form (lowercase, hyphenated) are kept as their 16 bytes, with no
+/// allocation, and turn back into the same text; other ids up to [`INLINE_ID`] bytes are kept
+/// inline, longer ones in one shared allocation. The same id always takes the same form, so
+/// equality and hashing are those of the text, and [`Ord`] is the text's order (the bytes of a
+/// canonical UUID compare like its lowercase hex).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key(Arc<str>);
+enum AuditId {
+    Uuid([u8; 16]),
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Text(Arc<str>),
+}
+
+/// Longest auditID kept inline when it is not a UUID.
+const INLINE_ID: usize = 22;
+
+impl AuditId {
+    fn new(s: &str) -> AuditId {
+        if let Some(b) = parse_uuid(s) {
+            return AuditId::Uuid(b);
+        }
+        if s.len() <= INLINE_ID {
+            let mut bytes = [0u8; INLINE_ID];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            return AuditId::Inline {
+                len: s.len() as u8,
+                bytes,
+            };
+        }
+        AuditId::Text(Arc::from(s))
+    }
+
+    /// Calls `f` with the id's text (rendered on the stack for a UUID).
+    fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            AuditId::Uuid(b) => {
+                let buf = render_uuid(b);
+                f(std::str::from_utf8(&buf).unwrap_or_default())
+            }
+            AuditId::Inline { len, bytes } => f(std::str::from_utf8(
+                bytes.get(..usize::from(*len)).unwrap_or_default(),
+            )
+            .unwrap_or_default()),
+            AuditId::Text(t) => f(t),
+        }
+    }
+}
+
+impl Ord for AuditId {
+    fn cmp(&self, o: &Self) -> Ordering {
+        match (self, o) {
+            (AuditId::Uuid(a), AuditId::Uuid(b)) => a.cmp(b),
+            (AuditId::Text(a), AuditId::Text(b)) => a.cmp(b),
+            _ => self.with_str(|a| o.with_str(|b| a.cmp(b))),
+        }
+    }
+}
+
+impl PartialOrd for AuditId {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl fmt::Display for AuditId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.with_str(|s| f.write_str(s))
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Positions of the hyphens in a canonical UUID.
+fn is_uuid_hyphen(i: usize) -> bool {
+    matches!(i, 8 | 13 | 18 | 23)
+}
+
+/// The 16 bytes of a UUID written `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in lowercase hex;
+/// `None` for anything else (uppercase included: it would not render back the same).
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut n = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if is_uuid_hyphen(i) {
+            if c != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let v = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        out[n / 2] |= if n % 2 == 0 { v << 4 } else { v };
+        n += 1;
+    }
+    Some(out)
+}
+
+fn render_uuid(b: &[u8; 16]) -> [u8; 36] {
+    let mut out = [b'-'; 36];
+    let mut n = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if is_uuid_hyphen(i) {
+            continue;
+        }
+        let byte = b[n / 2];
+        let v = if n % 2 == 0 { byte >> 4 } else { byte & 15 };
+        *slot = HEX[usize::from(v)];
+        n += 1;
+    }
+    out
+}
+
+/// Longest encoded key kept inline in a [`Key`] (an IPv4 address encodes in at most 18).
+const INLINE_KEY: usize = 22;
+
+/// A key: the values of a rule's `group_by`. Each value is encoded as its length in bytes,
+/// `:`, and the value, so no value can run into the next. Memory per key matters when an
+/// attacker sprays addresses, so a key takes 24 bytes and, in the common cases, no allocation:
+/// an encoding of up to [`INLINE_KEY`] bytes (any IPv4 address, short names) is stored inline,
+/// one IPv6 address in canonical form as its 16 bytes, anything else in one shared allocation.
+/// The same values always give the same variant, so the derived equality and hash are those
+/// of the values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Ip6([u8; 16]),
+    Heap(Arc<str>),
+}
 
 impl Key {
     fn new<S: AsRef<str>>(values: &[S]) -> Key {
+        if let [v] = values {
+            let v = v.as_ref();
+            if v.contains(':') {
+                if let Ok(ip) = v.parse::<Ipv6Addr>() {
+                    // Only if it writes back the same: `::FFFF:1.2.3.4` stays text.
+                    if ip.to_string() == v {
+                        return Key::Ip6(ip.octets());
+                    }
+                }
+            }
+        }
         let mut s = String::with_capacity(values.iter().map(|v| v.as_ref().len() + 4).sum());
         for v in values {
             let v = v.as_ref();
@@ -101,19 +250,38 @@ impl Key {
             s.push(':');
             s.push_str(v);
         }
-        Key(Arc::from(s))
+        if s.len() <= INLINE_KEY {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            // `s.len() <= 22` fits in a u8.
+            return Key::Inline {
+                len: s.len() as u8,
+                bytes,
+            };
+        }
+        Key::Heap(Arc::from(s))
     }
 
     /// The values, in `group_by` order.
-    fn values(&self) -> impl Iterator<Item = &str> {
-        let mut rest: &str = &self.0;
-        std::iter::from_fn(move || {
-            let (len, tail) = rest.split_once(':')?;
-            let len: usize = len.parse().ok()?;
-            let value = tail.get(..len)?;
-            rest = tail.get(len..)?;
-            Some(value)
-        })
+    fn values(&self) -> Vec<String> {
+        let encoded: Cow<'_, str> = match self {
+            Key::Inline { len, bytes } => Cow::Borrowed(
+                std::str::from_utf8(bytes.get(..usize::from(*len)).unwrap_or_default())
+                    .unwrap_or_default(),
+            ),
+            Key::Ip6(b) => return vec![Ipv6Addr::from(*b).to_string()],
+            Key::Heap(s) => Cow::Borrowed(s),
+        };
+        let mut rest: &str = &encoded;
+        let mut out = Vec::new();
+        while let Some((len, tail)) = rest.split_once(':') {
+            let Some(value) = len.parse::<usize>().ok().and_then(|l| tail.get(..l)) else {
+                break;
+            };
+            out.push(value.to_owned());
+            rest = &tail[value.len()..];
+        }
+        out
     }
 }
 
@@ -153,14 +321,14 @@ struct Pending {
     late: bool,
 }
 
-/// Distinct values of one event (usually one).
-type Values = Arc<[Box<str>]>;
+/// Distinct values of one event (usually one); a thin pointer, to keep [`Entry`] small.
+type Values = Arc<Box<[Box<str>]>>;
 
 impl Pending {
     /// Ties in time are broken by auditID, then arrival: a shuffle of the input within the
     /// lateness bound then releases matches in the same order.
-    fn order_key(&self) -> (Micros, Option<&str>, u64) {
-        (self.time, self.info.audit_id.as_deref(), self.seq)
+    fn order_key(&self) -> (Micros, Option<&AuditId>, u64) {
+        (self.time, self.info.audit_id.as_ref(), self.seq)
     }
 }
 
@@ -181,6 +349,7 @@ impl Ord for Pending {
     }
 }
 
+/// One counted event in a key's window: 24 bytes.
 #[derive(Debug, Clone)]
 struct Entry {
     time: Micros,
@@ -189,8 +358,97 @@ struct Entry {
 }
 
 impl Entry {
-    fn order_key(&self) -> (Micros, Option<&str>) {
-        (self.time, self.info.audit_id.as_deref())
+    fn order_key(&self) -> (Micros, Option<&AuditId>) {
+        (self.time, self.info.audit_id.as_ref())
+    }
+}
+
+/// A key's counted events, sorted by (time, auditID). Most keys of an address spray see one
+/// event: it is kept inline, with no allocation (32 bytes a key instead of 32 plus a 32-byte
+/// allocation); a second moves them into a `VecDeque`.
+#[derive(Debug)]
+enum Window {
+    Empty,
+    One(Entry),
+    Many(VecDeque<Entry>),
+}
+
+impl Window {
+    fn len(&self) -> usize {
+        match self {
+            Window::Empty => 0,
+            Window::One(_) => 1,
+            Window::Many(d) => d.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn front(&self) -> Option<&Entry> {
+        match self {
+            Window::Empty => None,
+            Window::One(e) => Some(e),
+            Window::Many(d) => d.front(),
+        }
+    }
+
+    fn back(&self) -> Option<&Entry> {
+        match self {
+            Window::Empty => None,
+            Window::One(e) => Some(e),
+            Window::Many(d) => d.back(),
+        }
+    }
+
+    fn partition_point(&self, mut pred: impl FnMut(&Entry) -> bool) -> usize {
+        match self {
+            Window::Empty => 0,
+            Window::One(e) => usize::from(pred(e)),
+            Window::Many(d) => d.partition_point(pred),
+        }
+    }
+
+    fn insert(&mut self, pos: usize, entry: Entry) {
+        *self = match std::mem::replace(self, Window::Empty) {
+            Window::Empty => Window::One(entry),
+            Window::One(first) => {
+                let mut d = VecDeque::with_capacity(2);
+                d.push_back(first);
+                d.insert(pos.min(1), entry);
+                Window::Many(d)
+            }
+            Window::Many(mut d) => {
+                d.insert(pos, entry);
+                Window::Many(d)
+            }
+        };
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        match self {
+            Window::Empty => None,
+            Window::One(_) => match std::mem::replace(self, Window::Empty) {
+                Window::One(e) => Some(e),
+                _ => None,
+            },
+            Window::Many(d) => d.pop_front(),
+        }
+    }
+
+    /// The `n` entries from index `first`.
+    fn range(&self, first: usize, n: usize) -> impl Iterator<Item = &Entry> + Clone {
+        let (a, b): (&[Entry], &[Entry]) = match self {
+            Window::Empty => (&[], &[]),
+            Window::One(e) => (std::slice::from_ref(e), &[]),
+            Window::Many(d) => d.as_slices(),
+        };
+        a.iter().chain(b).skip(first).take(n)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> + Clone {
+        self.range(0, self.len())
     }
 }
 
@@ -207,24 +465,22 @@ enum KindState {
 #[derive(Debug)]
 struct KeyState {
     /// Counted events in the window, sorted by (time, auditID).
-    entries: VecDeque<Entry>,
-    /// No alert for this key before this event time.
-    cooling_until: Option<Micros>,
-    /// When the key was last counted (the rule's touch counter), for LRU eviction.
-    touch: u64,
+    entries: Window,
+    /// No alert for this key before this event time (`Micros::MIN`: not cooling).
+    cooling_until: Micros,
     kind: Option<Box<KindState>>,
 }
 
 impl KeyState {
-    fn new(kind: &RuleKind, touch: u64) -> KeyState {
+    fn new(kind: &RuleKind) -> KeyState {
         KeyState {
-            // Most keys of a spray see one event: no room for more until needed.
-            entries: VecDeque::with_capacity(1),
-            cooling_until: None,
-            touch,
+            entries: Window::Empty,
+            cooling_until: Micros::MIN,
             kind: match kind {
                 RuleKind::Threshold => None,
-                RuleKind::Distinct { .. } => Some(Box::new(KindState::Distinct(HashMap::new()))),
+                RuleKind::Distinct { .. } => {
+                    Some(Box::new(KindState::Distinct(HashMap::default())))
+                }
                 RuleKind::Spike { .. } => Some(Box::new(KindState::Spike(VecDeque::new()))),
             },
         }
@@ -238,7 +494,7 @@ impl KeyState {
     }
 
     fn cooling_at(&self, t: Micros) -> bool {
-        self.cooling_until.is_some_and(|c| t < c)
+        t < self.cooling_until
     }
 
     fn insert(&mut self, entry: Entry) {
@@ -307,7 +563,7 @@ impl KeyState {
     /// Distinct values among the window's entries.
     fn distinct_in(&self, first: usize, n: usize) -> BTreeSet<&str> {
         self.entries
-            .range(first..first + n)
+            .range(first, n)
             .flat_map(|e| e.distinct.iter().flat_map(|v| v.iter()))
             .map(|v| &**v)
             .collect()
@@ -342,24 +598,23 @@ fn bucket_width(baseline: Micros) -> Micros {
 /// The auditIDs counted, with the rules that counted each (one bit per rule), to ignore later
 /// copies (detection.md: "one request counts once per rule"). One map for all rules: an
 /// address spray that several rules count costs one entry per request, not one per rule.
+/// An entry is 40 bytes (a UUID id inline); ids are forgotten by a sweep of the map.
 #[derive(Debug, Default)]
 struct SeenIds {
     /// id → (time first counted, bits of the first 64 rules that counted it).
-    map: HashMap<Arc<str>, (Micros, u64)>,
+    map: HashMap<AuditId, (Micros, u64)>,
     /// Rules past the 64th (rare), one entry per (id, rule).
-    more: HashMap<(Arc<str>, usize), Micros>,
-    /// The ids in the order counted, to forget them once no window can need them.
-    order: VecDeque<(Micros, Arc<str>)>,
+    more: HashMap<(AuditId, usize), Micros>,
     last_sweep: Option<Micros>,
 }
 
 impl SeenIds {
     /// Records that `rule` counted `id` (at `time`); false if it already had.
-    fn first_for(&mut self, id: &Arc<str>, rule: usize, time: Micros) -> bool {
-        let entry = self.map.entry(id.clone()).or_insert_with(|| {
-            self.order.push_back((time, id.clone()));
-            (time, 0)
-        });
+    fn first_for(&mut self, id: &AuditId, rule: usize, time: Micros) -> bool {
+        let entry = match self.map.get_mut(id) {
+            Some(e) => e,
+            None => self.map.entry(id.clone()).or_insert((time, 0)),
+        };
         if rule < 64 {
             let bit = 1u64 << rule;
             let fresh = entry.1 & bit == 0;
@@ -369,30 +624,210 @@ impl SeenIds {
         self.more.insert((id.clone(), rule), time).is_none()
     }
 
-    /// Forgets ids counted at or before `before`.
+    /// Forgets ids first counted at or before `before`. A whole pass over the map, but the
+    /// engine sweeps at most every eighth of the longest window, so each id is visited a
+    /// bounded number of times.
     fn forget(&mut self, before: Micros) {
-        while let Some((t, id)) = self.order.front() {
-            if *t > before {
-                break;
-            }
-            if self.map.get(id).is_some_and(|(first, _)| first == t) {
-                self.map.remove(id);
-            }
-            self.order.pop_front();
-        }
+        self.map.retain(|_, (first, _)| *first > before);
         if !self.more.is_empty() {
             self.more.retain(|_, t| *t > before);
         }
     }
 }
 
+/// No slot (the end of the recency list).
+const NIL: u32 = u32::MAX;
+
+/// One key's slot in [`Keys`].
+#[derive(Debug)]
+struct Slot {
+    key: Key,
+    /// Neighbours in the recency list (least recently counted first), or [`NIL`].
+    prev: u32,
+    next: u32,
+    state: KeyState,
+}
+
+/// A rule's keys: their states in a slab, found through a hash table of slab indexes (4 bytes
+/// a bucket instead of a whole entry: at a million keys the table is half empty), and a
+/// doubly linked recency list through the slots for least-recently-counted eviction in O(1).
+#[derive(Debug)]
+struct Keys {
+    table: hashbrown::HashTable<u32>,
+    slots: Vec<Option<Slot>>,
+    /// Empty slots to reuse.
+    free: Vec<u32>,
+    /// Least and most recently counted key.
+    head: u32,
+    tail: u32,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            table: hashbrown::HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+}
+
+impl Keys {
+    /// Most keys a rule can hold: slab indexes are `u32` ([`NIL`] excluded).
+    const MAX: usize = (u32::MAX - 1) as usize;
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn slot(&self, i: u32) -> Option<&Slot> {
+        self.slots.get(i as usize).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, i: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(i as usize).and_then(Option::as_mut)
+    }
+
+    fn find(&self, key: &Key) -> Option<u32> {
+        let h = self.hasher.hash_one(key);
+        let slots = &self.slots;
+        self.table
+            .find(h, |&i| {
+                slots
+                    .get(i as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.key == *key)
+            })
+            .copied()
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let Some((prev, next)) = self.slot(i).map(|s| (s.prev, s.next)) else {
+            return;
+        };
+        match self.slot_mut(prev) {
+            Some(p) => p.next = next,
+            None => self.head = next,
+        }
+        match self.slot_mut(next) {
+            Some(n) => n.prev = prev,
+            None => self.tail = prev,
+        }
+    }
+
+    fn link_last(&mut self, i: u32) {
+        let tail = self.tail;
+        if let Some(s) = self.slot_mut(i) {
+            s.prev = tail;
+            s.next = NIL;
+        }
+        match self.slot_mut(tail) {
+            Some(t) => t.next = i,
+            None => self.head = i,
+        }
+        self.tail = i;
+    }
+
+    /// Marks the key most recently counted.
+    fn touch(&mut self, i: u32) {
+        if self.tail != i {
+            self.unlink(i);
+            self.link_last(i);
+        }
+    }
+
+    /// Adds a key (most recently counted); its index.
+    fn insert(&mut self, key: Key, state: KeyState) -> u32 {
+        let h = self.hasher.hash_one(&key);
+        let slot = Slot {
+            key,
+            prev: NIL,
+            next: NIL,
+            state,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.table.insert_unique(h, i, |&j| {
+            slots
+                .get(j as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |s| hasher.hash_one(&s.key))
+        });
+        self.link_last(i);
+        i
+    }
+
+    fn remove(&mut self, i: u32) {
+        let Some(h) = self.slot(i).map(|s| self.hasher.hash_one(&s.key)) else {
+            return;
+        };
+        self.unlink(i);
+        if let Ok(e) = self.table.find_entry(h, |&j| j == i) {
+            e.remove();
+        }
+        self.slots[i as usize] = None;
+        self.free.push(i);
+    }
+
+    /// Removes the least recently counted key; false if there is none.
+    fn evict_lru(&mut self) -> bool {
+        let head = self.head;
+        if self.slot(head).is_none() {
+            return false;
+        }
+        self.remove(head);
+        true
+    }
+
+    /// Keeps the keys for which `keep` is true; then gives memory back when most of the slab
+    /// is empty (after a spray's keys expire).
+    fn retain(&mut self, mut keep: impl FnMut(&mut KeyState) -> bool) {
+        for i in 0..self.slots.len() as u32 {
+            let drop = self.slot_mut(i).is_some_and(|s| !keep(&mut s.state));
+            if drop {
+                self.remove(i);
+            }
+        }
+        if self.slots.len() > 1024 && self.len() < self.slots.len() / 4 {
+            self.compact();
+        }
+    }
+
+    /// Rebuilds the slab with only the live keys, in recency order.
+    fn compact(&mut self) {
+        let mut live = Vec::with_capacity(self.len());
+        let mut i = self.head;
+        while let Some(slot) = self.slots.get_mut(i as usize).and_then(Option::take) {
+            i = slot.next;
+            live.push(slot);
+        }
+        *self = Keys {
+            hasher: std::mem::take(&mut self.hasher),
+            ..Keys::default()
+        };
+        self.slots.reserve_exact(live.len());
+        for slot in live {
+            self.insert(slot.key, slot.state);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct RuleState {
-    keys: HashMap<Key, KeyState>,
-    /// (touch, key) for every time a key was counted, oldest first; entries whose touch is
-    /// no longer the key's are stale and skipped. Compacted when it grows past twice the keys.
-    lru: VecDeque<(u64, Key)>,
-    touches: u64,
+    keys: Keys,
     evictions: u64,
     /// The built-in cardinality alert is quiet until this event time.
     cardinality_cooling_until: Option<Micros>,
@@ -401,30 +836,6 @@ struct RuleState {
     /// The earliest event time counted: a spike rule judges a rise only once it has seen a
     /// whole baseline.
     first_time: Option<Micros>,
-}
-
-impl RuleState {
-    /// Removes the least recently counted key.
-    fn evict_lru(&mut self) -> bool {
-        while let Some((touch, key)) = self.lru.pop_front() {
-            if self.keys.get(&key).is_some_and(|ks| ks.touch == touch) {
-                self.keys.remove(&key);
-                self.evictions += 1;
-                return true;
-            }
-        }
-        false
-    }
-
-    fn compact_lru(&mut self) {
-        let mut live: Vec<(u64, Key)> = self
-            .keys
-            .iter()
-            .map(|(k, ks)| (ks.touch, k.clone()))
-            .collect();
-        live.sort_unstable_by_key(|(t, _)| *t);
-        self.lru = live.into();
-    }
 }
 
 /// The stateless half of the engine: which rules an event matches and the keys it counts
@@ -526,7 +937,7 @@ impl Matcher {
                     }
                     values.sort_unstable();
                     values.dedup();
-                    Some(Values::from(values))
+                    Some(Values::new(values.into_boxed_slice()))
                 }
                 _ => None,
             };
@@ -736,13 +1147,16 @@ impl Engine {
         let horizon = now.saturating_sub(rule.window);
         state.first_time = Some(state.first_time.map_or(p.time, |f| f.min(p.time)));
         let keys = std::mem::take(&mut p.keys);
+        let max_keys = rule.max_keys.min(Keys::MAX);
         for key in keys {
-            state.touches += 1;
-            let touch = state.touches;
-            match state.keys.get_mut(&key) {
-                Some(ks) => ks.touch = touch,
+            let idx = match state.keys.find(&key) {
+                Some(i) => {
+                    state.keys.touch(i);
+                    i
+                }
                 None => {
-                    if state.keys.len() >= rule.max_keys && state.evict_lru() {
+                    if state.keys.len() >= max_keys && state.keys.evict_lru() {
+                        state.evictions += 1;
                         *self.stats.evicted_keys.entry(rule.id.clone()).or_default() += 1;
                         if state.cardinality_cooling_until.is_none_or(|c| p.time >= c) {
                             state.cardinality_cooling_until =
@@ -755,16 +1169,10 @@ impl Engine {
                                 .or_default() += 1;
                         }
                     }
-                    state
-                        .keys
-                        .insert(key.clone(), KeyState::new(&rule.kind, touch));
+                    state.keys.insert(key, KeyState::new(&rule.kind))
                 }
-            }
-            state.lru.push_back((touch, key.clone()));
-            if state.lru.len() > 2 * state.keys.len() + 1024 {
-                state.compact_lru();
-            }
-            let Some(ks) = state.keys.get_mut(&key) else {
+            };
+            let Some(Slot { key, state: ks, .. }) = state.keys.slot_mut(idx) else {
                 continue;
             };
             ks.insert(Entry {
@@ -787,13 +1195,13 @@ impl Engine {
                 }
                 if let Some(alert) = evaluate(
                     rule,
-                    &key,
+                    key,
                     ks,
                     end,
                     self.config.sample_size,
                     state.first_time,
                 ) {
-                    ks.cooling_until = Some(end.saturating_add(rule.cooldown));
+                    ks.cooling_until = end.saturating_add(rule.cooldown);
                     out.push(alert);
                     *self
                         .stats
@@ -827,13 +1235,10 @@ impl Engine {
             }
             state.last_sweep = Some(now);
             let horizon = now.saturating_sub(rule.window);
-            state.keys.retain(|_, ks| {
+            state.keys.retain(|ks| {
                 ks.prune(horizon, &rule.kind);
                 !ks.is_empty() || ks.cooling_at(now)
             });
-            if state.lru.len() > 2 * state.keys.len() + 1024 {
-                state.compact_lru();
-            }
         }
     }
 }
@@ -845,7 +1250,7 @@ fn hit_info(
 ) -> HitInfo {
     let ev = view.event;
     HitInfo {
-        audit_id: ev.audit_id.as_ref().map(|a| Arc::from(a.as_str())),
+        audit_id: ev.audit_id.as_ref().map(|a| AuditId::new(a.as_str())),
         code: ev.code(),
         verb: ev.verb.as_ref().map(|v| interner.get(v.as_str())),
         user: ev.username().map(|u| interner.get(u)),
@@ -954,7 +1359,7 @@ fn evaluate(
     let mut alert = build_alert(
         rule,
         key,
-        ks.entries.range(first..first + n),
+        ks.entries.range(first, n),
         end,
         count,
         sample_size,
@@ -1057,21 +1462,23 @@ fn build_alert<'a>(
         // The firing event is the last in the window: its cluster names the alert.
         cluster = i.cluster.clone();
     }
+    let values = key.values();
+    let mut id_parts: Vec<&[u8]> = vec![rule.id.as_bytes()];
+    id_parts.extend(values.iter().map(|v| v.as_bytes()));
+    let end_bytes = end.to_be_bytes();
+    id_parts.push(&end_bytes);
+    let alert_id = stable_id(&id_parts);
     let group = Group(
         rule.group_by
             .iter()
-            .zip(key.values())
-            .map(|(g, v)| (g.name.clone(), v.to_owned()))
+            .zip(values)
+            .map(|(g, v)| (g.name.clone(), v))
             .collect(),
     );
-    let mut id_parts: Vec<&[u8]> = vec![rule.id.as_bytes()];
-    id_parts.extend(key.values().map(str::as_bytes));
-    let end_bytes = end.to_be_bytes();
-    id_parts.push(&end_bytes);
     Alert {
         rule: rule.id.clone(),
         severity: rule.severity,
-        alert_id: stable_id(&id_parts),
+        alert_id,
         group,
         count,
         threshold: rule.threshold,
@@ -1096,3 +1503,114 @@ fn build_alert<'a>(
 
 /// Lists in alerts (hosts, users) carry at most this many values.
 const LIST_CAP: usize = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_uuids_are_kept_as_bytes_and_render_back_the_same() {
+        let s = "0f8e7d6c-5b4a-4939-8271-605f4e3d2c1b";
+        let id = AuditId::new(s);
+        assert!(matches!(id, AuditId::Uuid(_)));
+        assert_eq!(id.to_string(), s);
+        for other in [
+            "0F8E7D6C-5B4A-4939-8271-605F4E3D2C1B-and-some-more",
+            "0F8E7D6C-5B4A-4939-8271-605F4E3D2C1B",
+            "0f8e7d6c5b4a49398271605f4e3d2c1b",
+            "0f8e7d6c-5b4a-4939-8271-605f4e3d2c1",
+            "0f8e7d6c-5b4a-4939-8271-605f4e3d2c1g",
+            "",
+        ] {
+            let id = AuditId::new(other);
+            assert!(!matches!(id, AuditId::Uuid(_)), "{other}");
+            assert_eq!(id.to_string(), other);
+        }
+    }
+
+    #[test]
+    fn audit_ids_order_like_their_text() {
+        let texts = [
+            "00000000-0000-4000-8000-000000000000",
+            "0000000a-0000-4000-8000-000000000000",
+            "00000009-0000-4000-8000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+            "0000000A-0000-4000-8000-000000000000",
+            "a",
+            "0",
+            "00000000-0000-4000-8000-00000000000",
+            "00000000-0000-4000-8000-0000000000000",
+            "g",
+            "s-1",
+            "s-10",
+            "s-9",
+            "a-rather-long-audit-id-that-is-not-a-uuid",
+            "a-rather-long-audit-id-that-is-not-a-uuie",
+        ];
+        for a in texts {
+            for b in texts {
+                assert_eq!(AuditId::new(a).cmp(&AuditId::new(b)), a.cmp(b), "{a} {b}");
+                assert_eq!(AuditId::new(a) == AuditId::new(b), a == b, "{a} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_give_back_their_values_whatever_their_form() {
+        let cases: &[&[&str]] = &[
+            &["198.51.100.7"],
+            &["255.255.255.255"],
+            &["2001:db8::1"],
+            &["::ffff:1.2.3.4"],
+            &["2001:DB8::1"],
+            &["2001:0db8::1"],
+            &["system:serviceaccount:kube-system:a-rather-long-name"],
+            &["alice", "api-1"],
+            &["", ":"],
+            &["1:2", "3"],
+        ];
+        for values in cases {
+            let key = Key::new(values);
+            assert_eq!(key.values(), values.to_vec(), "{key:?}");
+        }
+        assert!(matches!(Key::new(&["2001:db8::1"]), Key::Ip6(_)));
+        assert!(matches!(
+            Key::new(&["2001:DB8::1"]),
+            Key::Heap(_) | Key::Inline { .. }
+        ));
+        assert!(matches!(Key::new(&["255.255.255.255"]), Key::Inline { .. }));
+        assert_ne!(Key::new(&["1:2", "3"]), Key::new(&["1", "2:3"]));
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<AuditId>(), 24);
+    }
+
+    #[test]
+    fn keys_evict_least_recently_counted_and_give_memory_back() {
+        let mut keys = Keys::default();
+        let kind = RuleKind::Threshold;
+        let ids: Vec<u32> = (0..3000)
+            .map(|i| keys.insert(Key::new(&[i.to_string()]), KeyState::new(&kind)))
+            .collect();
+        keys.touch(ids[0]);
+        assert!(keys.evict_lru());
+        assert_eq!(keys.find(&Key::new(&["1"])), None);
+        assert_eq!(keys.find(&Key::new(&["0"])), Some(ids[0]));
+        let mut n = 0;
+        keys.retain(|_| {
+            n += 1;
+            n % 10 == 0
+        });
+        assert_eq!(keys.len(), 299);
+        assert!(keys.slots.len() < 1000);
+        // Recency order survives compaction (the keys were counted in numeric order).
+        let mut order = Vec::new();
+        while let Some(k) = keys.slot(keys.head).map(|s| s.key.values()) {
+            order.extend(k.iter().filter_map(|v| v.parse::<u32>().ok()));
+            keys.evict_lru();
+        }
+        assert_eq!(order.len(), 299);
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        assert_eq!(keys.len(), 0);
+    }
+}

@@ -44,6 +44,22 @@ impl Need {
             Need::Or(ns) => ns.iter().any(|n| n.holds(found)),
         }
     }
+
+    /// Needles of which at least one must be in a line for this to hold; `None` if it can
+    /// hold without any.
+    fn required(&self) -> Option<Vec<usize>> {
+        match self {
+            Need::Any => None,
+            Need::OneOf(ids) => Some(ids.clone()),
+            // Any one child's requirement is the whole's: take the narrowest.
+            Need::And(ns) => ns.iter().filter_map(Need::required).min_by_key(Vec::len),
+            // Every branch must bring its own.
+            Need::Or(ns) => ns.iter().try_fold(Vec::new(), |mut all, n| {
+                all.extend(n.required()?);
+                Some(all)
+            }),
+        }
+    }
 }
 
 /// Needles for every rule.
@@ -52,6 +68,11 @@ pub struct Prefilter {
     needles: Vec<String>,
     finders: Vec<Finder<'static>>,
     rules: Vec<Need>,
+    /// The common case first: when every rule needs one of a few literals (`401`, `403` for
+    /// the bundled set), one pass of a multi-literal search (aho-corasick, SIMD) tells that
+    /// none is in the line, and then no rule can match: no rule walk, no search per needle.
+    /// `None` when some rule can match a line without any literal.
+    gate: Option<aho_corasick::AhoCorasick>,
 }
 
 /// Text that appears byte for byte in any JSON encoding of a string with this value.
@@ -89,10 +110,23 @@ impl Prefilter {
             .iter()
             .map(|n| Finder::new(n.as_bytes()).into_owned())
             .collect();
+        let gate = rules
+            .iter()
+            .try_fold(Vec::new(), |mut all, n| {
+                all.extend(n.required()?);
+                Some(all)
+            })
+            .filter(|ids| !ids.is_empty())
+            .and_then(|mut ids| {
+                ids.sort_unstable();
+                ids.dedup();
+                aho_corasick::AhoCorasick::new(ids.iter().map(|&i| needles[i].as_bytes())).ok()
+            });
         Prefilter {
             needles,
             finders,
             rules,
+            gate,
         }
     }
 
@@ -108,6 +142,9 @@ impl Prefilter {
 
     /// False only if no rule can match a line with these bytes.
     pub fn may_match(&self, line: &[u8]) -> bool {
+        if self.gate.as_ref().is_some_and(|g| !g.is_match(line)) {
+            return false;
+        }
         // 0 = not searched yet, 1 = absent, 2 = present.
         let memo: smallvec::SmallVec<[Cell<u8>; 32]> =
             (0..self.finders.len()).map(|_| Cell::new(0)).collect();
@@ -206,6 +243,25 @@ mod tests {
             assert!(p.passes_everything(), "{yaml}");
             assert!(p.may_match(b"{}"), "{yaml}");
         }
+    }
+
+    #[test]
+    fn the_gate_holds_the_literals_every_rule_needs_one_of() {
+        let two = "id: a\nmatch: {responseStatus.code: [401, 403], verb: get}\nwindow: 1m\nthreshold: 1\n---\nid: b\nmatch: {any: [{verb: delete}, {requestURI: {contains: /exec}}]}\nwindow: 1m\nthreshold: 1\n";
+        let p = Prefilter::new(&load_rules("t.yaml", two).unwrap());
+        let gate = p.gate.as_ref().map(|g| g.patterns_len());
+        // `get` (the narrowest of rule a's needs), `delete` and `/exec` (both branches of b).
+        assert_eq!(gate, Some(3));
+        assert!(!p.may_match(b"post 403 /api"));
+        assert!(!p.may_match(b"get 200 /api"));
+        assert!(p.may_match(b"delete"));
+        assert!(p.may_match(b"get 403"));
+        assert!(!p.may_match(b"post 403"));
+        // A rule that needs no literal leaves no gate.
+        let open = "id: a\nmatch: {responseStatus.code: 403}\nwindow: 1m\nthreshold: 1\n---\nid: b\nmatch: {host: h}\nwindow: 1m\nthreshold: 1\n";
+        let p = Prefilter::new(&load_rules("t.yaml", open).unwrap());
+        assert!(p.gate.is_none());
+        assert!(p.may_match(b"{}"));
     }
 
     #[test]
