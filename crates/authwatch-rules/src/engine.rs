@@ -262,16 +262,28 @@ impl Key {
         Key::Heap(Arc::from(s))
     }
 
-    /// The values, in `group_by` order.
-    fn values(&self) -> Vec<String> {
-        let encoded: Cow<'_, str> = match self {
+    /// The encoding [`Key::new`] made of the values (what a multi-replica deployment routes
+    /// by): the same values always give the same text, whichever variant holds it.
+    fn encoded(&self) -> Cow<'_, str> {
+        match self {
             Key::Inline { len, bytes } => Cow::Borrowed(
                 std::str::from_utf8(bytes.get(..usize::from(*len)).unwrap_or_default())
                     .unwrap_or_default(),
             ),
-            Key::Ip6(b) => return vec![Ipv6Addr::from(*b).to_string()],
+            Key::Ip6(b) => {
+                let text = Ipv6Addr::from(*b).to_string();
+                Cow::Owned(format!("{}:{text}", text.len()))
+            }
             Key::Heap(s) => Cow::Borrowed(s),
-        };
+        }
+    }
+
+    /// The values, in `group_by` order.
+    fn values(&self) -> Vec<String> {
+        if let Key::Ip6(b) = self {
+            return vec![Ipv6Addr::from(*b).to_string()];
+        }
+        let encoded = self.encoded();
         let mut rest: &str = &encoded;
         let mut out = Vec::new();
         while let Some((len, tail)) = rest.split_once(':') {
@@ -873,10 +885,10 @@ impl Prepared {
     /// The (rule index, key) pairs this event counts toward. A key is the encoded values of
     /// the rule's `group_by`: equal values give equal strings. A multi-replica deployment
     /// routes each pair to the replica that owns that key's window (issue #10).
-    pub fn partitions(&self) -> impl Iterator<Item = (usize, &str)> {
+    pub fn partitions(&self) -> impl Iterator<Item = (usize, Cow<'_, str>)> {
         self.hits
             .iter()
-            .flat_map(|h| h.keys.iter().map(move |k| (h.rule, &*k.0)))
+            .flat_map(|h| h.keys.iter().map(move |k| (h.rule, k.encoded())))
     }
 
     /// Keeps only the count toward `(rule, key)` (see [`Prepared::partitions`]); the other
@@ -885,7 +897,7 @@ impl Prepared {
     pub fn retain_partition(&mut self, rule: usize, key: &str) -> bool {
         self.hits.retain(|h| h.rule == rule);
         for h in &mut self.hits {
-            h.keys.retain(|k| &*k.0 == key);
+            h.keys.retain(|k| k.encoded() == key);
         }
         self.hits.retain(|h| !h.keys.is_empty());
         if self.hits.is_empty() {

@@ -687,7 +687,7 @@ fn run_partitioned(rules_yaml: &str, events: &[Ev]) -> Vec<Alert> {
             let pairs: Vec<(usize, String)> = matcher
                 .prepare(&view)
                 .partitions()
-                .map(|(r, k)| (r, k.to_owned()))
+                .map(|(r, k)| (r, k.into_owned()))
                 .collect();
             for (rule, key) in pairs {
                 let engine = engines

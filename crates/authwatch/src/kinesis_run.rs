@@ -809,7 +809,7 @@ fn match_record(
                     };
                     let m = MatchRecord {
                         r: Cow::Borrowed(rule_id),
-                        k: Cow::Borrowed(key),
+                        k: key,
                         g: record.log_group.map(Cow::Borrowed),
                         s: record.stream.map(Cow::Borrowed),
                         c: record.cw_timestamp,
@@ -817,7 +817,7 @@ fn match_record(
                         m: Cow::Borrowed(message),
                     };
                     if let Ok(bytes) = serde_json::to_vec(&m) {
-                        out.push((route(rule_id, key), bytes));
+                        out.push((route(rule_id, &m.k), bytes));
                     }
                 }
             });
