@@ -232,6 +232,19 @@ impl Setup {
         })
     }
 
+    fn merge_shards(&self, shard: &str, adjacent: &str) {
+        self.rt.block_on(async {
+            self.kinesis
+                .merge_shards()
+                .stream_name(&self.source)
+                .shard_to_merge(shard)
+                .adjacent_shard_to_merge(adjacent)
+                .send()
+                .await
+                .unwrap();
+        });
+    }
+
     fn split_shard(&self, shard: &str) {
         self.rt.block_on(async {
             self.kinesis
@@ -530,8 +543,32 @@ fn a_replica_joining_mid_run_takes_a_fair_share() {
 /// no alert is lost or sent twice.
 #[test]
 fn a_shard_split_mid_run_loses_nothing() {
+    // Half of shard 0's hash range (shard 0 of 4 covers [0, 2^126)).
+    reshard_mid_run(
+        "split",
+        |s| s.split_shard("shardId-000000000000"),
+        &["shardId-000000000000"],
+        &["shardId-000000000004", "shardId-000000000005"],
+    );
+}
+
+/// Two adjacent shards merged between attacks: both parents are read to their end before
+/// their child, and nothing is lost or sent twice.
+#[test]
+fn a_shard_merge_mid_run_loses_nothing() {
+    reshard_mid_run(
+        "merge",
+        |s| s.merge_shards("shardId-000000000000", "shardId-000000000001"),
+        &["shardId-000000000000", "shardId-000000000001"],
+        &["shardId-000000000004"],
+    );
+}
+
+/// Two replicas, attacks, `reshard` of the source stream, more attacks: the alerts equal
+/// replay's, the `parents` were read to their end and the `children` leased.
+fn reshard_mid_run(tag: &str, reshard: impl Fn(&Setup), parents: &[&str], children: &[&str]) {
     let Some(ep) = emulator() else { return };
-    let s = setup(&ep, "split", 4);
+    let s = setup(&ep, tag, 4);
     let dir = tempfile::tempdir().unwrap();
     let a = s.replica(&ep, dir.path(), "a", &[]);
     let b = s.replica(&ep, dir.path(), "b", &[]);
@@ -541,10 +578,9 @@ fn a_shard_split_mid_run_loses_nothing() {
         s.owners(&ep)
     );
     let mut noise = Noise::load();
-    let (start, _) = s.plant("split1", 2, &mut noise);
-    // Half of shard 0's hash range (shard 0 of 4 covers [0, 2^126)).
-    s.split_shard("shardId-000000000000");
-    let (_, end) = s.plant("split2", 3, &mut noise);
+    let (start, _) = s.plant(&format!("{tag}1"), 2, &mut noise);
+    reshard(&s);
+    let (_, end) = s.plant(&format!("{tag}2"), 3, &mut noise);
     let expected = 10;
     let done = wait_until(Duration::from_secs(40), || {
         s.tick(&mut noise);
@@ -563,13 +599,14 @@ fn a_shard_split_mid_run_loses_nothing() {
     assert_eq!(reference.len(), expected);
     assert_eq!(keys(&got), keys(&reference));
     assert_eq!(unique_ids(&got), unique_ids(&reference));
-    // The parent was read to its end and both children are leased.
     let text = stderr_all(&[&a, &b]);
-    assert!(
-        text.contains("shardId-000000000000 read to its end"),
-        "{text}"
-    );
-    for child in ["shardId-000000000004", "shardId-000000000005"] {
+    for parent in parents {
+        assert!(
+            text.contains(&format!("{parent} read to its end")),
+            "{text}"
+        );
+    }
+    for child in children {
         assert!(
             text.contains(&format!("match stage: took {child}")),
             "{text}"
