@@ -30,8 +30,13 @@ pub struct ReaderConfig {
     /// Stream name prefix (`kube-apiserver-audit-`; the API log streams share
     /// `kube-apiserver-`, so the longer prefix matters).
     pub stream_prefix: String,
-    /// How far behind the position each pass re-reads, ms.
+    /// How far behind the position a full pass re-reads, ms.
     pub lookback_ms: i64,
+    /// How often a pass re-reads the whole look-back; `Duration::ZERO`: every pass. The
+    /// passes in between re-read only [`QUICK_OVERLAP_MS`] (or the look-back, if shorter):
+    /// on AWS a busy group's look-back is many `FilterLogEvents` pages, and re-reading it on
+    /// every pass spends the call budget (and the lag) on events already counted.
+    pub full_lookback_every: Duration,
     /// How often streams are listed again (API servers come and go).
     pub rediscover_every: Duration,
     /// The widest time range one pass covers beyond the position, ms, so that catching up on
@@ -40,6 +45,10 @@ pub struct ReaderConfig {
     /// How errors are handled.
     pub retry: RetryPolicy,
 }
+
+/// How far behind the position a pass between full look-backs re-reads, ms: CloudWatch
+/// delivers most events within seconds; the full look-back catches the stragglers.
+pub const QUICK_OVERLAP_MS: i64 = 15_000;
 
 /// How a reader retries.
 #[derive(Debug, Clone)]
@@ -113,6 +122,8 @@ pub struct LogGroupReader {
     /// The start of the next pass when it must go further back than the look-back (a restart
     /// rebuilding window state).
     rewind_to_ms: Option<i64>,
+    /// When the last pass that re-read the whole look-back finished.
+    last_full: Option<Instant>,
     seen: HashSet<String>,
     seen_by_time: BTreeSet<(i64, String)>,
     calls: u64,
@@ -152,6 +163,7 @@ impl LogGroupReader {
             discovered_at: None,
             position_ms,
             rewind_to_ms: Some(from_ms.min(position_ms)),
+            last_full: None,
             seen: HashSet::new(),
             seen_by_time: BTreeSet::new(),
             calls: 0,
@@ -194,9 +206,18 @@ impl LogGroupReader {
         if due {
             self.discover().await?;
         }
+        let full = self.config.full_lookback_every.is_zero()
+            || self
+                .last_full
+                .is_none_or(|t| t.elapsed() >= self.config.full_lookback_every);
+        let behind = if full {
+            self.config.lookback_ms
+        } else {
+            QUICK_OVERLAP_MS.min(self.config.lookback_ms)
+        };
         let from = self
             .rewind_to_ms
-            .unwrap_or(self.position_ms - self.config.lookback_ms)
+            .unwrap_or(self.position_ms - behind)
             .max(0);
         let end = until_ms
             .min(
@@ -217,6 +238,9 @@ impl LogGroupReader {
             ))
         });
         self.rewind_to_ms = None;
+        if full {
+            self.last_full = Some(Instant::now());
+        }
         self.position_ms = end;
         self.forget_before(end - self.config.lookback_ms);
         Ok(Pass {

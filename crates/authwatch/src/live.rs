@@ -83,6 +83,8 @@ pub struct RunOptions {
     pub region: Option<String>,
     /// `--lookback`, ms.
     pub lookback_ms: i64,
+    /// `--lookback-every`: how often a pass re-reads the whole look-back (zero: every pass).
+    pub lookback_every: Duration,
     /// `--state-dir`.
     pub state_dir: PathBuf,
     /// `--start-at`; `None` = now minus the longest rule window.
@@ -266,6 +268,7 @@ async fn run_async(
             log_group: g.clone(),
             stream_prefix: AUDIT_STREAM_PREFIX.into(),
             lookback_ms: opts.lookback_ms,
+            full_lookback_every: opts.lookback_every,
             rediscover_every: opts.rediscover_every,
             max_pass_span_ms: 5 * 60 * 1000,
             retry: RetryPolicy {
@@ -579,6 +582,7 @@ pub fn for_each_range_record(
                 log_group: g.clone(),
                 stream_prefix: AUDIT_STREAM_PREFIX.into(),
                 lookback_ms: 0,
+                full_lookback_every: Duration::ZERO,
                 rediscover_every: Duration::MAX,
                 max_pass_span_ms: 5 * 60 * 1000,
                 retry: RetryPolicy {

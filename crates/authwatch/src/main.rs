@@ -403,9 +403,13 @@ struct RunArgs {
     /// Append alert lines to FILE (the same as `--sink file:FILE`).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// How far behind the newest position each poll re-reads, for late deliveries.
+    /// How far behind the newest position a poll re-reads, for late deliveries.
     #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
     lookback: i64,
+    /// Re-read the whole look-back only this often, and 15 s on the polls in between (on AWS
+    /// a busy group's look-back is many FilterLogEvents pages a poll). 0s: every poll.
+    #[arg(long, default_value = "0s", value_parser = parse_duration_arg)]
+    lookback_every: i64,
     /// Where the position and the delivered alert ids are kept.
     #[arg(long, default_value = "./authwatch-state")]
     state_dir: PathBuf,
@@ -880,6 +884,7 @@ fn run_live(mut args: RunArgs) -> ExitCode {
         log_groups,
         region: args.region.clone(),
         lookback_ms: args.lookback / 1000,
+        lookback_every: micros_to_duration(args.lookback_every),
         state_dir: args.state_dir,
         start_at: args.start_at,
         on_corrupt: args.on_corrupt_state,

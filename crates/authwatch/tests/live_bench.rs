@@ -147,12 +147,16 @@ fn calls_per_minute(rate: usize, tag: &str) -> Load {
     let (proxy, stats, _stop) = start_fault_proxy(upstream, 1, 0, 0, 0);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("alerts.jsonl");
+    // `AUTHWATCH_BENCH_LOOKBACK_EVERY=30s` measures `--lookback-every`.
+    let every = std::env::var("AUTHWATCH_BENCH_LOOKBACK_EVERY").unwrap_or_else(|_| "0s".into());
+    let mut args = DEFAULTS.to_vec();
+    args.extend(["--lookback-every", every.as_str()]);
     let run = start_run(
         &format!("http://{proxy}"),
         &g,
         &dir.path().join("state"),
         &out,
-        &DEFAULTS,
+        &args,
     );
     let mut noise = Noise::load();
     let warmup_s: u64 = std::env::var("AUTHWATCH_BENCH_WARMUP_SECS")

@@ -109,9 +109,20 @@ fn steady_flow_alerts_once_per_attack_and_ignores_non_audit_streams() {
 
 #[test]
 fn events_delivered_minutes_late_are_counted_in_their_window() {
+    late_delivery(&[]);
+}
+
+/// The same with the full look-back re-read only every 5 s (15 s on the polls between): the
+/// 2-minute-old events are found by the next full pass.
+#[test]
+fn with_a_full_look_back_every_5s_late_events_are_still_counted() {
+    late_delivery(&["--lookback-every", "5s"]);
+}
+
+fn late_delivery(extra: &[&str]) {
     let Some(ep) = emulator() else { return };
     let emu = Emu::new(&ep);
-    let g = group_with_streams(&emu, "late", &[S1, S2]);
+    let g = group_with_streams(&emu, &format!("late{}", extra.len()), &[S1, S2]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("alerts.jsonl");
     let now = now_ms();
@@ -127,7 +138,7 @@ fn events_delivered_minutes_late_are_counted_in_their_window() {
     emu.put(&g, S1, &early);
     let mut noise = Noise::load();
     emu.put(&g, S1, &noise.events(5, now - 1_000, 100));
-    let mut run = start_run(&ep, &g, &dir.path().join("state"), &out, &[]);
+    let mut run = start_run(&ep, &g, &dir.path().join("state"), &out, extra);
     // Wait for a checkpoint beyond `now`: the late events are behind the position.
     let state = dir.path().join("state/checkpoint.json");
     assert!(wait_until(Duration::from_secs(20), || {
