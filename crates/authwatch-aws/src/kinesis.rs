@@ -355,18 +355,56 @@ pub fn partition_key(key: &str) -> String {
     format!("h{h:016x}")
 }
 
-/// Writes `(partition key, data)` records with `PutRecords` (500 a call), retrying the
-/// records a call reports as failed (throttled) until every one is written or a
-/// non-transient error stops it. Records of one partition key keep their order.
+/// Largest `PutRecords` request: 5 MiB of data and partition keys.
+pub const PUT_RECORDS_MAX_BYTES: usize = 5 << 20;
+/// Largest record Kinesis takes: 1 MiB of data and partition key.
+pub const RECORD_MAX_BYTES: usize = 1 << 20;
+
+/// What [`put_all`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// `PutRecords` calls made.
+    pub calls: u64,
+    /// Records over [`RECORD_MAX_BYTES`], which Kinesis can never take: skipped, and the
+    /// caller counts and reports them (retrying them would stop the shard for ever).
+    pub too_large: u64,
+}
+
+/// Splits `records` into `PutRecords` requests: at most 500 records and 5 MiB each.
+fn requests(records: &[(String, Vec<u8>)]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (pk, data)) in records.iter().enumerate() {
+        let size = partition_key(pk).len() + data.len();
+        if i > start && (i - start == PUT_RECORDS_MAX || bytes + size > PUT_RECORDS_MAX_BYTES) {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        out.push(start..records.len());
+    }
+    out
+}
+
+/// Writes `(partition key, data)` records with `PutRecords` (requests of at most 500 records
+/// and 5 MiB), re-sending only the records a call reports as failed (throttled), with
+/// backoff, until every one is written or a non-transient error stops it. Records too large
+/// for Kinesis are skipped and counted in the outcome.
 pub async fn put_all(
     client: &Client,
     stream: &StreamRef,
     records: Vec<(String, Vec<u8>)>,
-) -> Result<u64, KinesisError> {
-    let mut calls = 0u64;
+) -> Result<PutOutcome, KinesisError> {
+    let mut outcome = PutOutcome::default();
+    let (records, too_large): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .partition(|(pk, data)| partition_key(pk).len() + data.len() <= RECORD_MAX_BYTES);
+    outcome.too_large = too_large.len() as u64;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    for chunk in records.chunks(PUT_RECORDS_MAX) {
-        let mut pending: Vec<&(String, Vec<u8>)> = chunk.iter().collect();
+    for range in requests(&records) {
+        let mut pending: Vec<&(String, Vec<u8>)> = records[range].iter().collect();
         while !pending.is_empty() {
             let mut entries = Vec::with_capacity(pending.len());
             for (pk, data) in &pending {
@@ -385,25 +423,25 @@ pub async fn put_all(
                 Some(a) => req.stream_arn(a),
                 None => req.stream_name(stream.name()),
             };
-            calls += 1;
+            outcome.calls += 1;
             match req.send().await {
                 Ok(resp) => {
                     if resp.failed_record_count().unwrap_or(0) == 0 {
                         backoff.reset();
                         break;
                     }
-                    // Keep the failed ones, in order (the ones after a failure of the same
-                    // key are kept too, so a key's order holds).
+                    // Only the failed ones again: the others are written, and re-sending
+                    // them would count an event without an auditID twice. (A key's order
+                    // across a retry is the window stage's lateness bound to absorb.)
                     let failed: Vec<bool> = resp
                         .records()
                         .iter()
                         .map(|r| r.error_code().is_some())
                         .collect();
-                    let first_failed = failed.iter().position(|f| *f).unwrap_or(pending.len());
                     pending = pending
                         .into_iter()
                         .enumerate()
-                        .filter(|(i, _)| *i >= first_failed)
+                        .filter(|(i, _)| failed.get(*i).copied().unwrap_or(true))
                         .map(|(_, r)| r)
                         .collect();
                 }
@@ -417,12 +455,34 @@ pub async fn put_all(
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
-    Ok(calls)
+    Ok(outcome)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_hold_at_most_500_records_and_5_mib() {
+        let small: Vec<(String, Vec<u8>)> =
+            (0..1_201).map(|i| (format!("k{i}"), vec![0; 10])).collect();
+        let r = requests(&small);
+        assert_eq!(r, vec![0..500, 500..1_000, 1_000..1_201]);
+        // 900 KB records: five fit in 5 MiB (4.6 MB), the sixth starts a new request.
+        let big: Vec<(String, Vec<u8>)> = (0..12)
+            .map(|i| (format!("k{i}"), vec![0; 900_000]))
+            .collect();
+        let r = requests(&big);
+        assert_eq!(r, vec![0..5, 5..10, 10..12]);
+        for range in r {
+            let bytes: usize = big[range]
+                .iter()
+                .map(|(k, d)| partition_key(k).len() + d.len())
+                .sum();
+            assert!(bytes <= PUT_RECORDS_MAX_BYTES);
+        }
+        assert!(requests(&[]).is_empty());
+    }
 
     #[test]
     fn stream_names_and_arns() {

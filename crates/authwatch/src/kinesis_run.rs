@@ -117,6 +117,8 @@ pub struct KinesisCounters {
     pub parse_errors: u64,
     /// Match records written (stage 1).
     pub matches_written: u64,
+    /// Match records over Kinesis's 1 MiB record limit, not written (stage 1).
+    pub matches_too_large: u64,
     /// Match records read (stage 2).
     pub matches_read: u64,
     /// Alerts handed to the sinks.
@@ -483,6 +485,7 @@ fn snapshot(
     events.insert("other_stream", c.other_streams);
     events.insert("control_message", c.control_messages);
     events.insert("match_written", c.matches_written);
+    events.insert("match_too_large", c.matches_too_large);
     events.insert("match_read", c.matches_read);
     events.insert("already_sent", c.alerts_already_sent);
     let mut parse_errors = BTreeMap::new();
@@ -518,30 +521,22 @@ async fn lease_round_match(
     poll: Duration,
     counters: &mut KinesisCounters,
 ) -> Result<(), KinesisRunError> {
-    let shards = list_shards(kinesis, source).await?;
-    // Lease items only for shards the table did not show last round (new shards, or the
-    // first round): a conditional PutItem per shard per round would be wasted writes.
-    let new_shards: Vec<_> = shards
-        .iter()
-        .filter(|sh| {
-            !st.coord
-                .snapshot()
-                .iter()
-                .any(|l| l.shard_id == sh.shard_id)
-        })
-        .cloned()
-        .collect();
-    st.coord
-        .table()
-        .add_shards(source.name(), &new_shards)
-        .await?;
-    let changes = st.coord.tick().await?;
-    for shard in changes.lost {
-        tracing::info!("authwatch run: match stage: lost {shard}");
-        counters.leases_lost += 1;
-        st.readers.remove(&shard);
-    }
-    for l in changes.gained {
+    let (listed, ticked) = lease_round(&mut st.coord, kinesis, source).await;
+    // Whatever failed above, the readers follow the leases held: a lease taken in a round
+    // that then failed is read, and one lost is dropped.
+    let held = readable(&st.coord);
+    st.readers.retain(|shard, _| {
+        let keep = held.iter().any(|l| &l.shard_id == shard);
+        if !keep {
+            tracing::info!("authwatch run: match stage: lost {shard}");
+            counters.leases_lost += 1;
+        }
+        keep
+    });
+    for l in held {
+        if st.readers.contains_key(&l.shard_id) {
+            continue;
+        }
         tracing::info!(
             "authwatch run: match stage: took {} (checkpoint {:?})",
             l.shard_id,
@@ -557,12 +552,60 @@ async fn lease_round_match(
         );
         st.readers.insert(l.shard_id.clone(), reader);
     }
+    let shards = listed?;
     for sh in shards.iter().filter(|s| s.closed) {
         if let Some(r) = st.readers.get_mut(&sh.shard_id) {
             r.set_closed();
         }
     }
+    ticked?;
     Ok(())
+}
+
+/// One lease round of a stage: list the shards, add lease items for new ones, renew, take
+/// and balance. The renewal runs even when listing failed, so a ListShards or DynamoDB
+/// hiccup does not cost the leases held.
+async fn lease_round(
+    coord: &mut Coordinator,
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &StreamRef,
+) -> (
+    Result<Vec<authwatch_aws::kinesis::ShardInfo>, KinesisRunError>,
+    Result<(), KinesisRunError>,
+) {
+    let listed = list_shards(kinesis, stream)
+        .await
+        .map_err(KinesisRunError::from);
+    if let Ok(shards) = &listed {
+        // Lease items only for shards the table did not show last round (new shards, or the
+        // first round): a conditional PutItem per shard per round would be wasted writes.
+        let new_shards: Vec<_> = shards
+            .iter()
+            .filter(|sh| !coord.snapshot().iter().any(|l| l.shard_id == sh.shard_id))
+            .cloned()
+            .collect();
+        if let Err(e) = coord.table().add_shards(stream.name(), &new_shards).await {
+            tracing::warn!(
+                "authwatch run: adding lease items for {}: {e}",
+                stream.name()
+            );
+        }
+    }
+    let ticked = coord
+        .tick()
+        .await
+        .map(|_| ())
+        .map_err(KinesisRunError::from);
+    (listed, ticked)
+}
+
+/// The leases held that still have records to read (not read to their end).
+fn readable(coord: &Coordinator) -> Vec<Lease> {
+    coord
+        .held()
+        .filter(|l| l.checkpoint.as_deref() != Some(authwatch_aws::lease::SHARD_END))
+        .cloned()
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -576,30 +619,21 @@ async fn lease_round_window(
     poll: Duration,
     counters: &mut KinesisCounters,
 ) -> Result<(), KinesisRunError> {
-    let shards = list_shards(kinesis, matches).await?;
-    // Lease items only for shards the table did not show last round (new shards, or the
-    // first round): a conditional PutItem per shard per round would be wasted writes.
-    let new_shards: Vec<_> = shards
-        .iter()
-        .filter(|sh| {
-            !st.coord
-                .snapshot()
-                .iter()
-                .any(|l| l.shard_id == sh.shard_id)
-        })
-        .cloned()
-        .collect();
-    st.coord
-        .table()
-        .add_shards(matches.name(), &new_shards)
-        .await?;
-    let changes = st.coord.tick().await?;
-    for shard in changes.lost {
-        tracing::info!("authwatch run: window stage: lost {shard}");
-        counters.leases_lost += 1;
-        st.shards.remove(&shard);
-    }
-    for l in changes.gained {
+    let (listed, ticked) = lease_round(&mut st.coord, kinesis, matches).await;
+    // As in stage 1, the engines follow the leases held whatever failed above.
+    let held = readable(&st.coord);
+    st.shards.retain(|shard, _| {
+        let keep = held.iter().any(|l| &l.shard_id == shard);
+        if !keep {
+            tracing::info!("authwatch run: window stage: lost {shard}");
+            counters.leases_lost += 1;
+        }
+        keep
+    });
+    for l in held {
+        if st.shards.contains_key(&l.shard_id) {
+            continue;
+        }
         counters.leases_gained += 1;
         // Rebuild the windows: read again from the checkpoint's arrival time minus the
         // horizon; alerts already sent are dropped by the claim in the lease table.
@@ -631,11 +665,13 @@ async fn lease_round_window(
             },
         );
     }
+    let shards = listed?;
     for sh in shards.iter().filter(|s| s.closed) {
         if let Some(w) = st.shards.get_mut(&sh.shard_id) {
             w.reader.set_closed();
         }
     }
+    ticked?;
     Ok(())
 }
 
@@ -672,13 +708,24 @@ async fn match_step(
         let n = out.len() as u64;
         if !out.is_empty() {
             // Not checkpointed until written: a failure here re-reads the batch later.
-            if let Err(e) = put_all(kinesis, matches, out).await {
-                tracing::warn!("authwatch run: writing matches of {shard}: {e}; re-reading");
-                st.readers.remove(&shard);
-                st.coord.forget(&shard);
-                continue;
+            match put_all(kinesis, matches, out).await {
+                Ok(o) => {
+                    counters.matches_written += n - o.too_large;
+                    if o.too_large > 0 {
+                        counters.matches_too_large += o.too_large;
+                        tracing::warn!(
+                            "authwatch run: {} match record(s) of {shard} over Kinesis's 1 MiB record limit were not written (counted in matches_too_large)",
+                            o.too_large
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("authwatch run: writing matches of {shard}: {e}; re-reading");
+                    st.readers.remove(&shard);
+                    st.coord.forget(&shard);
+                    continue;
+                }
             }
-            counters.matches_written += n;
         }
         checkpoint_match(st, &shard, &batch, called_ms).await?;
     }
@@ -693,19 +740,32 @@ async fn checkpoint_match(
 ) -> Result<(), KinesisRunError> {
     // Read through: a caught-up shard has everything that arrived before the call (less a
     // second for Kinesis's own propagation); otherwise the last record's arrival.
-    let read_through = if batch.millis_behind == 0 {
+    let read_through = if batch.millis_behind == 0 || batch.ended {
         called_ms - 1000
     } else {
-        batch.records.last().map_or(0, |r| r.arrival_ms)
+        match batch.records.last() {
+            Some(r) => r.arrival_ms,
+            // Behind and nothing read (Kinesis passing over a gap): nothing new to record,
+            // and a read-through of 0 would hold every window back.
+            None => return Ok(()),
+        }
     };
     let due = st
         .last_checkpoint
         .get(shard)
         .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
     if batch.ended {
-        st.coord.finish_shard(shard, read_through).await?;
+        let finished = skip_transient(
+            st.coord.finish_shard(shard, read_through).await,
+            "match stage: marking the end of",
+            shard,
+        )?;
         st.readers.remove(shard);
-        tracing::info!("authwatch run: match stage: {shard} read to its end");
+        match finished {
+            Some(()) => tracing::info!("authwatch run: match stage: {shard} read to its end"),
+            // Whoever takes the lease next reads the shard to its end again.
+            None => st.coord.forget(shard),
+        }
         return Ok(());
     }
     if !(due || !batch.records.is_empty() && batch.millis_behind > 0) {
@@ -720,7 +780,12 @@ async fn checkpoint_match(
         (None, None) => return Ok(()),
     };
     st.last_checkpoint.insert(shard.to_owned(), Instant::now());
-    if !st.coord.checkpoint(shard, &seq, read_through).await? {
+    let written = skip_transient(
+        st.coord.checkpoint(shard, &seq, read_through).await,
+        "match stage: checkpointing",
+        shard,
+    )?;
+    if written == Some(false) {
         tracing::info!("authwatch run: match stage: {shard} was taken by another replica");
         st.readers.remove(shard);
     }
@@ -910,6 +975,11 @@ async fn window_step(
                 }
             }
         }
+        if batch.ended {
+            // The shard is closed (a resharded match stream): what the reorder buffer still
+            // holds is counted now, or its alerts would be lost with the engine.
+            ws.engine.finish(&mut alerts);
+        }
         let now = Instant::now();
         let due: Vec<Alert> = {
             let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.in_flight)
@@ -952,14 +1022,27 @@ async fn window_step(
         if batch.ended {
             // A resharded match stream: the children start with empty windows (a gap the
             // README names); the parent's alerts are all out.
-            st.coord.finish_shard(&shard, through).await?;
+            let finished = skip_transient(
+                st.coord.finish_shard(&shard, through).await,
+                "window stage: marking the end of",
+                &shard,
+            )?;
             st.shards.remove(&shard);
+            if finished.is_none() {
+                // Whoever takes the lease next reads the shard to its end again.
+                st.coord.forget(&shard);
+            }
             continue;
         }
         if ws.last_checkpoint.elapsed() >= Duration::from_secs(1) {
             if let Some(seq) = ws.last_sequence.clone() {
                 ws.last_checkpoint = Instant::now();
-                if !st.coord.checkpoint(&shard, &seq, through).await? {
+                let written = skip_transient(
+                    st.coord.checkpoint(&shard, &seq, through).await,
+                    "window stage: checkpointing",
+                    &shard,
+                )?;
+                if written == Some(false) {
                     tracing::info!(
                         "authwatch run: window stage: {shard} was taken by another replica"
                     );
@@ -969,6 +1052,24 @@ async fn window_step(
         }
     }
     Ok(())
+}
+
+/// A checkpoint write that failed transiently (throttling, a 5xx, a timeout) is skipped, not
+/// fatal: the next checkpoint covers the same records, and until then a restart reads a
+/// little more again. `None` when skipped.
+fn skip_transient<T>(
+    r: Result<T, LeaseError>,
+    what: &str,
+    shard: &str,
+) -> Result<Option<T>, LeaseError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.class.is_transient() => {
+            tracing::warn!("authwatch run: {what} {shard}: {e}; will try again");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Claims an alert, retrying transient errors a while.

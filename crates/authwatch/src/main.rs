@@ -465,7 +465,7 @@ struct RunArgs {
     /// A shard lease not renewed for this long is taken over by another replica.
     #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
     lease_timeout: i64,
-    /// This replica's name in the lease table (default: host name and process id).
+    /// This replica's name in the lease table (default: host name, process id and start time).
     #[arg(long, value_name = "ID")]
     replica_id: Option<String>,
 }
@@ -945,7 +945,13 @@ fn run_kinesis(
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "authwatch".into());
-        format!("{host}-{}", std::process::id())
+        // The pid alone is 1 in most containers: two replicas on one host name (host
+        // networking, a reused name) must still not share an id, or each would take the
+        // other's alert claims for its own. The start time in ns makes it unique.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("{host}-{}-{nanos:09}", std::process::id())
     });
     let opts = authwatch::kinesis_run::KinesisOptions {
         source: stream,
