@@ -39,6 +39,10 @@ use crate::live::{StartAt, AUDIT_STREAM_PREFIX};
 use crate::service::ServiceMetrics;
 use crate::sinks::AlertSink;
 
+/// How far behind the newest match a window engine counts by itself when the source low
+/// mark stops moving (every source shard's lease unread that long): 10 minutes, in µs.
+const WINDOW_FALLBACK_LATENESS: Micros = 10 * 60 * 1_000_000;
+
 /// Which stages a replica runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -286,6 +290,14 @@ async fn run_async(
         max_lateness: opts.max_lateness,
         ..EngineConfig::default()
     };
+    // The window engines are moved by the source low mark (the slowest source shard's
+    // read-through − `--max-lateness`), not by the newest match they happen to see: a key's
+    // matches from a slow or failed-over source shard are then still counted in time order.
+    // Their own bound is only a fallback for a low mark that stops moving.
+    let window_config = EngineConfig {
+        max_lateness: opts.max_lateness.max(WINDOW_FALLBACK_LATENESS),
+        ..engine_config.clone()
+    };
     let mut stage1 = opts.role.matches().then(|| {
         let engine = Engine::new(rules.clone(), engine_config.clone());
         MatchStage {
@@ -373,7 +385,7 @@ async fn run_async(
                     &matches,
                     start_ms - horizon_ms,
                     horizon_ms,
-                    &engine_config,
+                    &window_config,
                     opts.poll_interval,
                     &mut counters,
                 )
