@@ -84,6 +84,28 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+/// The leases whose shards can be read now: not read to their end, and every parent that
+/// has a lease read to its end (a parent without one aged out of the stream), so a key's
+/// records are read parent first across a split or a merge.
+pub fn readable(leases: &[Lease]) -> Vec<&Lease> {
+    let ended: std::collections::HashSet<&str> = leases
+        .iter()
+        .filter(|l| l.ended())
+        .map(|l| l.shard_id.as_str())
+        .collect();
+    let known: std::collections::HashSet<&str> =
+        leases.iter().map(|l| l.shard_id.as_str()).collect();
+    leases
+        .iter()
+        .filter(|l| !l.ended())
+        .filter(|l| {
+            l.parents
+                .iter()
+                .all(|p| ended.contains(p.as_str()) || !known.contains(p.as_str()))
+        })
+        .collect()
+}
+
 /// One shard's lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -600,23 +622,7 @@ impl Coordinator {
                 }
             }
         }
-        // A shard is leasable when it is not ended and its parents are.
-        let ended: std::collections::HashSet<&str> = leases
-            .iter()
-            .filter(|l| l.ended())
-            .map(|l| l.shard_id.as_str())
-            .collect();
-        let known: std::collections::HashSet<&str> =
-            leases.iter().map(|l| l.shard_id.as_str()).collect();
-        let leasable: Vec<&Lease> = leases
-            .iter()
-            .filter(|l| !l.ended())
-            .filter(|l| {
-                l.parents
-                    .iter()
-                    .all(|p| ended.contains(p.as_str()) || !known.contains(p.as_str()))
-            })
-            .collect();
+        let leasable = readable(&leases);
         let expired = |l: &Lease, seen: &HashMap<String, (u64, Instant)>| {
             l.owner.is_none()
                 || seen

@@ -613,11 +613,7 @@ async fn lease_round(
 
 /// The leases held that still have records to read (not read to their end).
 fn readable(coord: &Coordinator) -> Vec<Lease> {
-    coord
-        .held()
-        .filter(|l| l.checkpoint.as_deref() != Some(authwatch_aws::lease::SHARD_END))
-        .cloned()
-        .collect()
+    coord.held().filter(|l| !l.ended()).cloned().collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1106,22 +1102,8 @@ async fn claim(
 /// The oldest time up to which every source shard is read (ms), or `None` while a readable
 /// shard has no read-through time yet (no one has read it).
 fn source_low(leases: &[Lease]) -> Option<i64> {
-    let ended: std::collections::HashSet<&str> = leases
-        .iter()
-        .filter(|l| l.ended())
-        .map(|l| l.shard_id.as_str())
-        .collect();
-    let known: std::collections::HashSet<&str> =
-        leases.iter().map(|l| l.shard_id.as_str()).collect();
     let mut low: Option<i64> = None;
-    for l in leases.iter().filter(|l| !l.ended()) {
-        if !l
-            .parents
-            .iter()
-            .all(|p| ended.contains(p.as_str()) || !known.contains(p.as_str()))
-        {
-            continue;
-        }
+    for l in authwatch_aws::lease::readable(leases) {
         let t = l.read_through_ms?;
         low = Some(low.map_or(t, |x| x.min(t)));
     }
