@@ -81,6 +81,9 @@ pub struct EngineStats {
     pub alerts_by_rule: BTreeMap<String, u64>,
     /// Keys evicted because a rule reached its `max_keys`, by rule id.
     pub evicted_keys: BTreeMap<String, u64>,
+    /// Alerts not fired because an earlier run had sent one for the key within the cooldown
+    /// ([`Engine::remember_sent`]): the same alert again, or a second page for one attack.
+    pub held_back_as_sent: u64,
 }
 
 /// What an alert needs to know about one counted event; shared by every key it fans out to.
@@ -848,6 +851,9 @@ struct RuleState {
     /// The earliest event time counted: a spike rule judges a rise only once it has seen a
     /// whole baseline.
     first_time: Option<Micros>,
+    /// Window ends of alerts an earlier run already sent, per key, ascending
+    /// ([`Engine::remember_sent`]): consulted only when an alert is about to fire.
+    sent_before: HashMap<Key, SmallVec<[Micros; 2]>>,
 }
 
 /// The stateless half of the engine: which rules an event matches and the keys it counts
@@ -1053,6 +1059,57 @@ impl Engine {
         self.states.iter().map(|s| s.keys.len()).sum()
     }
 
+    /// Tells a rebuilt engine about an alert an earlier run (or another replica) already
+    /// sent: `rule`'s key `values` (in `group_by` order, as in [`Alert::group`]) fired at
+    /// `window_end`. Returns `false` when no loaded rule has that id.
+    ///
+    /// Why: a restart or failover rebuilds the windows by reading events again from some
+    /// horizon back, but the cooldowns that run had started before the horizon are not in
+    /// those events. Without them, a key under a sustained attack could fire again at an
+    /// event where the first run was cooling down — a second page for one attack, with a new
+    /// `alert_id` that no de-duplication recognizes. With them, an alert that would fire at
+    /// an event time inside `[window_end, window_end + cooldown)` of a remembered alert is
+    /// held back (the remembered alert itself included: it was sent) and the key cools down
+    /// until the remembered cooldown ends, as it did in the first run; from there the rebuilt
+    /// engine fires what the first run fired, with the same ids.
+    ///
+    /// ```
+    /// use authwatch_event::{visit_events, RawRecord};
+    /// use authwatch_rules::{load_rules, Engine, EngineConfig};
+    ///
+    /// let rules = load_rules("r.yaml", "id: r\nmatch: {responseStatus.code: 403}\ngroup_by: [sourceIPs]\nwindow: 1m\nthreshold: 1\ncooldown: 10m\n").unwrap();
+    /// let mut engine = Engine::new(rules, EngineConfig::default());
+    /// // The run before the restart sent an alert for this address at 10:00:00.
+    /// let sent_at = authwatch_event::time::parse_timestamp("2026-11-20T10:00:00Z").unwrap();
+    /// assert!(engine.remember_sent("r", &["198.51.100.7"], sent_at));
+    /// let mut alerts = Vec::new();
+    /// let line = r#"{"auditID":"a","sourceIPs":["198.51.100.7"],"responseStatus":{"code":403},"requestReceivedTimestamp":"2026-11-20T10:05:00Z"}"#;
+    /// let record = RawRecord { message: line.as_bytes(), ..Default::default() };
+    /// visit_events(&record, &mut |ev| engine.observe(&ev.unwrap(), &mut alerts));
+    /// engine.finish(&mut alerts);
+    /// // 10:05 is inside that alert's cooldown: no second page.
+    /// assert!(alerts.is_empty());
+    /// assert_eq!(engine.stats().held_back_as_sent, 1);
+    /// ```
+    pub fn remember_sent<S: AsRef<str>>(
+        &mut self,
+        rule: &str,
+        values: &[S],
+        window_end: Micros,
+    ) -> bool {
+        let Some(i) = self.rules.iter().position(|r| r.id == rule) else {
+            return false;
+        };
+        let Some(state) = self.states.get_mut(i) else {
+            return false;
+        };
+        let ends = state.sent_before.entry(Key::new(values)).or_default();
+        if let Err(at) = ends.binary_search(&window_end) {
+            ends.insert(at, window_end);
+        }
+        true
+    }
+
     /// Takes one event; appends any alerts it (or the watermark it moves) fires to `out`.
     pub fn observe(&mut self, view: &EventView<'_, '_>, out: &mut Vec<Alert>) {
         let prepared = self.matcher.prepare(view);
@@ -1213,6 +1270,12 @@ impl Engine {
                     self.config.sample_size,
                     state.first_time,
                 ) {
+                    if let Some(until) = sent_cooling(&state.sent_before, key, end, rule.cooldown) {
+                        // An earlier run sent this alert, or was cooling down here.
+                        ks.cooling_until = until;
+                        self.stats.held_back_as_sent += 1;
+                        continue;
+                    }
                     ks.cooling_until = end.saturating_add(rule.cooldown);
                     out.push(alert);
                     *self
@@ -1247,12 +1310,37 @@ impl Engine {
             }
             state.last_sweep = Some(now);
             let horizon = now.saturating_sub(rule.window);
+            if !state.sent_before.is_empty() {
+                // No event counted from here on can end a window inside these cooldowns.
+                let cooldown = rule.cooldown;
+                state.sent_before.retain(|_, ends| {
+                    ends.retain(|e| e.saturating_add(cooldown) > horizon);
+                    !ends.is_empty()
+                });
+            }
             state.keys.retain(|ks| {
                 ks.prune(horizon, &rule.kind);
                 !ks.is_empty() || ks.cooling_at(now)
             });
         }
     }
+}
+
+/// When an earlier run sent an alert for `key` at some `T <= end < T + cooldown`: the end of
+/// the latest such cooldown.
+fn sent_cooling(
+    sent_before: &HashMap<Key, SmallVec<[Micros; 2]>>,
+    key: &Key,
+    end: Micros,
+    cooldown: Micros,
+) -> Option<Micros> {
+    if sent_before.is_empty() {
+        return None;
+    }
+    let ends = sent_before.get(key)?;
+    let latest = ends.get(ends.partition_point(|&t| t <= end).checked_sub(1)?)?;
+    let until = latest.saturating_add(cooldown);
+    (end < until).then_some(until)
 }
 
 fn hit_info(

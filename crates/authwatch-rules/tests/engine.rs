@@ -730,3 +730,99 @@ proptest! {
         prop_assert_eq!(split, one);
     }
 }
+
+/// A restart or failover (issue #10, README "Restarts"): the first engine reads the events up
+/// to `cut`, a fresh engine is told the alerts the first one sent
+/// ([`Engine::remember_sent`]) and reads again from `cut − (window + cooldown)`. What the
+/// second one sends, less the ids the first already sent, plus the first one's alerts,
+/// must be exactly the alerts of one engine over everything: nothing lost, no second page.
+fn run_with_a_restart(rules_yaml: &str, events: &[Ev], cut: usize, remember: bool) -> Vec<Alert> {
+    let rules = load_rules("test.yaml", rules_yaml).unwrap();
+    let horizon = rules.iter().map(|r| r.window + r.cooldown).max().unwrap();
+    let cooldown = rules.iter().map(|r| r.cooldown).max().unwrap();
+    let feed = |engine: &mut Engine, evs: &[Ev], alerts: &mut Vec<Alert>| {
+        for e in evs {
+            let line = e.line();
+            let rec = RawRecord {
+                message: line.as_bytes(),
+                stream: Some("kube-apiserver-audit-0"),
+                log_group: Some("/aws/eks/prod/cluster"),
+                ..Default::default()
+            };
+            visit_events(&rec, &mut |v| engine.observe(&v.unwrap(), alerts));
+        }
+        engine.finish(alerts);
+    };
+    let mut first = Engine::new(rules.clone(), EngineConfig::default());
+    let mut sent = Vec::new();
+    feed(&mut first, &events[..cut], &mut sent);
+    let Some(cut_time) = events[..cut].iter().map(|e| e.t).max() else {
+        let mut all = run(rules_yaml, events);
+        all.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        return all;
+    };
+    let mut second = Engine::new(rules, EngineConfig::default());
+    if remember {
+        // What a ledger must keep: the alerts whose cooldown reaches the re-read events.
+        for a in sent
+            .iter()
+            .filter(|a| a.window_end + cooldown > cut_time - horizon)
+        {
+            let values: Vec<&str> = a.group.0.iter().map(|(_, v)| v.as_str()).collect();
+            assert!(second.remember_sent(&a.rule, &values, a.window_end));
+        }
+    }
+    let again: Vec<Ev> = events
+        .iter()
+        .filter(|e| e.t > cut_time - horizon)
+        .cloned()
+        .collect();
+    let mut later = Vec::new();
+    feed(&mut second, &again, &mut later);
+    let ids: std::collections::HashSet<String> = sent.iter().map(|a| a.alert_id.clone()).collect();
+    sent.extend(later.into_iter().filter(|a| !ids.contains(&a.alert_id)));
+    sent.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+    sent
+}
+
+/// A sustained attack from one address, longer than window + cooldown, with the events'
+/// spacing chosen so that a rebuilt engine that forgets the cooldowns fires out of phase.
+fn sustained() -> Vec<Ev> {
+    (0..200)
+        .map(|i| ev(&format!("s-{i:03}"), i * 7, "198.51.100.7", 403))
+        .collect()
+}
+
+#[test]
+fn a_restart_that_forgets_sent_cooldowns_pages_twice_and_one_that_remembers_does_not() {
+    let yaml = rule(3, "30s", "100s");
+    let mut expected = run(&yaml, &sustained());
+    expected.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+    assert!(expected.len() >= 5, "{}", expected.len());
+    let forgetful = run_with_a_restart(&yaml, &sustained(), 100, false);
+    // The proof that this case needs the remembered cooldowns: without them, extra pages.
+    assert!(forgetful.len() > expected.len(), "{forgetful:?}");
+    assert_eq!(run_with_a_restart(&yaml, &sustained(), 100, true), expected);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_rebuilt_engine_told_what_was_sent_gives_the_alerts_of_one_run(
+        events in stream(),
+        threshold in 1usize..6,
+        win_s in 5i64..90,
+        cool_s in 0i64..240,
+        cut_at in 0.0f64..1.0,
+    ) {
+        let yaml = format!(
+            "{}---\nid: by-resource\nmatch: {{responseStatus.code: [401, 403]}}\ngroup_by: [objectRef.resource, user.username]\nwindow: {win_s}s\nthreshold: {threshold}\ncooldown: {cool_s}s\n",
+            rule(threshold as u64, &format!("{win_s}s"), &format!("{cool_s}s"))
+        );
+        let mut expected = run(&yaml, &events);
+        expected.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        let cut = ((events.len() as f64) * cut_at) as usize;
+        prop_assert_eq!(run_with_a_restart(&yaml, &events, cut, true), expected);
+    }
+}
