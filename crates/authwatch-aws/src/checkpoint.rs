@@ -37,6 +37,33 @@ pub struct SentAlert {
     /// The alert's `window_end`, ms since epoch; records older than the rebuild horizon are
     /// forgotten, which keeps the record bounded.
     pub window_end_ms: i64,
+    /// What fired, so that a rebuilt engine keeps the cooldown this alert started
+    /// (`authwatch_rules::Engine::remember_sent`). Absent in state written by earlier
+    /// versions: those alerts are still recognized by id, but their cooldowns are not kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired: Option<FiredAlert>,
+}
+
+/// The rule, key and exact firing time of a sent alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FiredAlert {
+    /// Rule id.
+    pub rule: String,
+    /// The key's values, in `group_by` order.
+    pub key: Vec<String>,
+    /// `window_end`, µs since epoch.
+    pub window_end_us: i64,
+}
+
+impl FiredAlert {
+    /// What fired `alert`.
+    pub fn of(alert: &authwatch_rules::Alert) -> FiredAlert {
+        FiredAlert {
+            rule: alert.rule.clone(),
+            key: alert.group.0.iter().map(|(_, v)| v.clone()).collect(),
+            window_end_us: alert.window_end,
+        }
+    }
 }
 
 /// Everything a restart needs.
@@ -220,6 +247,16 @@ mod tests {
         c.sent_alerts.push(SentAlert {
             id: "abc".into(),
             window_end_ms: 1_700_000_000_000,
+            fired: Some(FiredAlert {
+                rule: "r".into(),
+                key: vec!["198.51.100.7".into(), "a user\nwith a newline".into()],
+                window_end_us: 1_700_000_000_000_123,
+            }),
+        });
+        c.sent_alerts.push(SentAlert {
+            id: "def".into(),
+            window_end_ms: 1_700_000_000_001,
+            fired: None,
         });
         c
     }

@@ -33,6 +33,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 
 use crate::backoff::{classify, ErrorClass};
+use crate::checkpoint::FiredAlert;
 use crate::kinesis::ShardInfo;
 
 /// The checkpoint of a shard read to its end.
@@ -463,18 +464,58 @@ impl LeaseTable {
         }
     }
 
-    /// Marks a claimed alert as handed to the sinks.
-    pub async fn alert_sent(&self, id: &str) -> Result<(), LeaseError> {
+    /// Marks a claimed alert as handed to the sinks, with what fired it: a replica that
+    /// rebuilds this key's window later reads it back ([`LeaseTable::sent_alerts`]) to keep
+    /// the cooldown the alert started.
+    pub async fn alert_sent(&self, id: &str, fired: &FiredAlert) -> Result<(), LeaseError> {
+        // serde_json cannot fail on strings and numbers.
+        let fired_json = serde_json::to_string(fired).unwrap_or_default();
         self.client
             .update_item()
             .table_name(&self.table)
             .key(KEY, s(format!("alert#{id}")))
-            .update_expression("SET alertState = :sent")
+            .update_expression("SET alertState = :sent, fired = :f, windowEndMs = :w")
             .expression_attribute_values(":sent", s("sent"))
+            .expression_attribute_values(":f", s(fired_json))
+            .expression_attribute_values(":w", n(fired.window_end_us.div_euclid(1000)))
             .send()
             .await
             .map_err(|e| err("UpdateItem", &e))?;
         Ok(())
+    }
+
+    /// What fired the alerts marked sent whose `window_end` is at or after `min_end_ms` (a
+    /// `Scan`, following pages): what a rebuilt window engine is told
+    /// (`authwatch_rules::Engine::remember_sent`). Pending claims are left out on purpose:
+    /// if their replica died, the rebuilt engine must fire them again to deliver them.
+    pub async fn sent_alerts(&self, min_end_ms: i64) -> Result<Vec<FiredAlert>, LeaseError> {
+        let mut out = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let resp = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression(
+                    "begins_with(leaseKey, :p) AND alertState = :sent AND windowEndMs >= :min",
+                )
+                .expression_attribute_values(":p", s("alert#"))
+                .expression_attribute_values(":sent", s("sent"))
+                .expression_attribute_values(":min", n(min_end_ms))
+                .set_exclusive_start_key(start.take())
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| err("Scan", &e))?;
+            out.extend(resp.items().iter().filter_map(|item| {
+                let json = item.get("fired")?.as_s().ok()?;
+                serde_json::from_str::<FiredAlert>(json).ok()
+            }));
+            match resp.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(out),
+            }
+        }
     }
 }
 

@@ -15,7 +15,9 @@ pub mod lease;
 pub mod reader;
 pub mod token_bucket;
 
-pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, GroupPosition, SentAlert};
+pub use checkpoint::{
+    Checkpoint, CheckpointError, CheckpointStore, FiredAlert, GroupPosition, SentAlert,
+};
 pub use client::{build_client, sdk_config, ClientConfig};
 pub use reader::{CallOutcomes, LogEvent, LogGroupReader, Pass, ReaderConfig, RetryPolicy};
 pub use token_bucket::TokenBucket;

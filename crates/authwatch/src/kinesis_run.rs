@@ -17,7 +17,9 @@
 //!
 //! A replica that takes over a match-stream shard rebuilds its windows by reading the shard
 //! again from its checkpoint's arrival time minus the rebuild horizon (the longest
-//! `window + cooldown`, plus the lateness bound and the lease timeout).
+//! `window + cooldown`, plus the lateness bound and the lease timeout), and tells the fresh
+//! engine the alerts marked sent ([`LeaseTable::sent_alerts`], `Engine::remember_sent`) so
+//! that it keeps the cooldowns they started.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -29,7 +31,7 @@ use authwatch_aws::kinesis::{
     list_shards, put_all, Batch, KinesisError, ShardReader, StartPosition, StreamRef,
 };
 use authwatch_aws::lease::{Claim, Coordinator, Lease, LeaseError, LeaseTable};
-use authwatch_aws::{sdk_config, ClientConfig};
+use authwatch_aws::{sdk_config, ClientConfig, FiredAlert};
 use authwatch_event::framing::{gunzip_bounded, is_gzip, records_in_document, Format, Origin};
 use authwatch_event::{visit_events, Micros, RawRecord};
 use authwatch_rules::{Alert, Engine, EngineConfig, Matcher, Prefilter, Rule};
@@ -638,22 +640,48 @@ async fn lease_round_window(
         }
         keep
     });
-    for l in held {
-        if st.shards.contains_key(&l.shard_id) {
-            continue;
+    let new: Vec<Lease> = held
+        .into_iter()
+        .filter(|l| !st.shards.contains_key(&l.shard_id))
+        .collect();
+    // Rebuild the windows: read again from the checkpoint's arrival time minus the horizon;
+    // alerts already sent are dropped by the claim in the lease table, and the engine is told
+    // them so that it keeps the cooldowns they started (else a sustained attack is paged
+    // again, out of phase, after a failover).
+    let starts: Vec<(Lease, StartPosition, i64)> = new
+        .into_iter()
+        .map(|l| match (&l.checkpoint, l.read_through_ms) {
+            (Some(_), Some(t)) => (
+                l,
+                StartPosition::AtTimestamp(t - horizon_ms),
+                t - horizon_ms,
+            ),
+            _ => {
+                let start = start_of(&l, start_ms);
+                (l, start, start_ms)
+            }
+        })
+        .collect();
+    let sent = match starts.iter().map(|(_, _, from)| *from).min() {
+        Some(from) => {
+            let max_cooldown_ms = st.rules.iter().map(|r| r.cooldown).max().unwrap_or(0) / 1000;
+            // Events re-read from `from` may be up to the lateness bound older; the ones
+            // whose window ends inside an alert's cooldown need that alert.
+            st.coord
+                .table()
+                .sent_alerts(from - horizon_ms - max_cooldown_ms)
+                .await?
         }
+        None => Vec::new(),
+    };
+    for (l, start, _) in starts {
         counters.leases_gained += 1;
-        // Rebuild the windows: read again from the checkpoint's arrival time minus the
-        // horizon; alerts already sent are dropped by the claim in the lease table.
-        let start = match (&l.checkpoint, l.read_through_ms) {
-            (Some(_), Some(t)) => StartPosition::AtTimestamp(t - horizon_ms),
-            _ => start_of(&l, start_ms),
-        };
         tracing::info!(
             "authwatch run: window stage: took {} from {start:?}",
             l.shard_id
         );
-        let engine = Engine::new(st.rules.clone(), engine_config.clone());
+        let mut engine = Engine::new(st.rules.clone(), engine_config.clone());
+        crate::live::remember_sent(&mut engine, &sent);
         let matcher = engine.matcher();
         st.shards.insert(
             l.shard_id.clone(),
@@ -1004,7 +1032,10 @@ async fn window_step(
                 Claim::Deliver => {
                     sink.deliver(&a)?;
                     sink.flush()?;
-                    retrying!("marking an alert sent", table.alert_sent(&a.alert_id))?;
+                    retrying!(
+                        "marking an alert sent",
+                        table.alert_sent(&a.alert_id, &FiredAlert::of(&a))
+                    )?;
                     counters.alerts_delivered += 1;
                     *counters
                         .alerts_by_rule_severity

@@ -174,6 +174,33 @@ fn rule_spans(rules: &[Rule]) -> (Micros, Micros) {
     (window, memory)
 }
 
+/// Tells a rebuilt engine the alerts already sent, so that it keeps their cooldowns
+/// ([`Engine::remember_sent`]). Shared by the restart of `run` and the window replicas of
+/// the Kinesis mode.
+pub(crate) fn remember_sent<'a>(
+    engine: &mut Engine,
+    sent: impl IntoIterator<Item = &'a authwatch_aws::FiredAlert>,
+) {
+    let (mut kept, mut unknown) = (0u64, 0u64);
+    for f in sent {
+        if engine.remember_sent(&f.rule, &f.key, f.window_end_us) {
+            kept += 1;
+        } else if f.rule != authwatch_rules::CARDINALITY_RULE {
+            unknown += 1;
+        }
+    }
+    if kept + unknown > 0 {
+        tracing::info!(
+            "authwatch: the engine keeps the cooldowns of {kept} alerts already sent{}",
+            if unknown > 0 {
+                format!(" ({unknown} of rules no longer loaded are ignored)")
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
 /// The `Cluster` of metrics that no log group names: the configured one, else the first log
 /// group's.
 fn default_cluster<'a>(configured: Option<&'a str>, log_groups: &'a [String]) -> &'a str {
@@ -306,13 +333,15 @@ async fn run_async(
     }
     let mut shutdown = std::pin::pin!(shutdown_signal());
 
-    let engine = Engine::new(
+    let max_cooldown_ms = rules.iter().map(|r| r.cooldown).max().unwrap_or(0) / 1000;
+    let mut engine = Engine::new(
         rules,
         EngineConfig {
             max_lateness: opts.max_lateness,
             ..EngineConfig::default()
         },
     );
+    remember_sent(&mut engine, ledger.borrow().fired());
     let mut ledger_sink = LedgerSink::new(ledger.clone(), sink);
     // No prefilter live: every decoded event moves the watermark, so held matches are
     // released as soon as time moves on (live volumes are far below decoding speed).
@@ -385,7 +414,10 @@ async fn run_async(
                     .saturating_sub(opts.max_lateness),
             )?;
             // Alerts of this pass are delivered (and journalled): the position may move.
-            checkpoint.sent_alerts = ledger.borrow_mut().prune_and_snapshot(oldest - horizon_ms);
+            // Kept while a rebuild could re-read an event inside the alert's cooldown.
+            checkpoint.sent_alerts = ledger
+                .borrow_mut()
+                .prune_and_snapshot(oldest - horizon_ms - max_cooldown_ms);
             // A state directory that cannot be written (full disk, read-only volume) must
             // not blind the watcher: say so, count it, and keep alerting. Nothing is lost:
             // the position on disk stays where it was, so a restart re-reads from there.

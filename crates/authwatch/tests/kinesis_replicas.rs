@@ -34,6 +34,8 @@ struct Setup {
     rt: tokio::runtime::Runtime,
     /// The next attacker address (each attack its own, so no cooldown hides one).
     next_ip: std::cell::Cell<u32>,
+    /// `--rules` for the replicas and replay (default: the bundled rules).
+    rules: Option<std::path::PathBuf>,
 }
 
 fn setup(ep: &str, tag: &str, shards: i32) -> Setup {
@@ -86,10 +88,18 @@ fn setup(ep: &str, tag: &str, shards: i32) -> Setup {
         kinesis,
         rt,
         next_ip: std::cell::Cell::new(20),
+        rules: None,
     }
 }
 
 impl Setup {
+    fn rules_args(&self) -> Vec<std::ffi::OsString> {
+        self.rules
+            .iter()
+            .flat_map(|p| ["--rules".into(), p.clone().into_os_string()])
+            .collect()
+    }
+
     fn replica(&self, ep: &str, dir: &Path, id: &str, extra: &[&str]) -> Runner {
         let out = dir.join(format!("{id}.jsonl"));
         let stderr = dir.join(format!("{id}.stderr{}", now_ms()));
@@ -120,6 +130,7 @@ impl Setup {
             .arg(dir.join(format!("{id}-state")))
             .arg("--output")
             .arg(&out)
+            .args(self.rules_args())
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())
@@ -151,6 +162,7 @@ impl Setup {
             .arg(dir.join("replay-state"))
             .arg("--output")
             .arg(&out)
+            .args(self.rules_args())
             .status()
             .unwrap();
         assert!(status.success());
@@ -177,6 +189,83 @@ impl Setup {
             std::thread::sleep(Duration::from_millis(300));
         }
         (t0 - 1_000, last)
+    }
+
+    /// Waits (putting ticks) until the runners have sent `expected` alerts up to `end`, then
+    /// checks those against `replay` over [`start`, `end`]: the same (rule, key)s and ids,
+    /// and no id twice among everything sent. Alerts whose `window_end` is after `end` are
+    /// left out: the ticks put while waiting can complete a background alert (a host reaching
+    /// 100 denials, seen in CI) that the reference never reads. An alert's `window_end` is
+    /// the event that fired it, so alerts up to `end` depend only on events up to `end`,
+    /// which both sides read. Returns the alerts compared.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_and_compare(
+        &self,
+        ep: &str,
+        dir: &Path,
+        runners: &[&Runner],
+        noise: &mut Noise,
+        expected: usize,
+        (start, end): (i64, i64),
+        what: &str,
+    ) -> Vec<serde_json::Value> {
+        let up_to_end = |v: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+            v.into_iter()
+                .filter(|a| {
+                    a["window_end"]
+                        .as_str()
+                        .and_then(authwatch_event::time::parse_timestamp)
+                        .is_some_and(|us| us / 1000 <= end)
+                })
+                .collect()
+        };
+        let done = wait_until(Duration::from_secs(40), || {
+            self.tick(noise);
+            std::thread::sleep(Duration::from_millis(500));
+            up_to_end(union(runners)).len() >= expected
+        });
+        // Give a last round the chance to show a duplicate.
+        std::thread::sleep(Duration::from_secs(3));
+        let all = union(runners);
+        unique_ids(&all);
+        let got = up_to_end(all);
+        assert!(
+            done,
+            "{what}: {} alerts of {expected}:\n{got:#?}\n{}",
+            got.len(),
+            stderr_all(runners)
+        );
+        let reference = self.replay(ep, dir, start, end);
+        let brief = |v: &[serde_json::Value]| {
+            let mut b: Vec<String> = v
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{} {} {} {} {}",
+                        a["rule"], a["group"], a["window_end"], a["count"], a["alert_id"]
+                    )
+                })
+                .collect();
+            b.sort();
+            b
+        };
+        assert_eq!(
+            keys(&got),
+            keys(&reference),
+            "{what}: last event at {}; sent {:#?}\nreplay {:#?}",
+            rfc3339_ms(end),
+            brief(&got),
+            brief(&reference)
+        );
+        assert_eq!(
+            unique_ids(&got),
+            unique_ids(&reference),
+            "{what}:\n{:#?}\n{:#?}\n{}",
+            brief(&got),
+            brief(&reference),
+            stderr_all(runners)
+        );
+        got
     }
 
     /// Keeps the watermark moving: a noise event now on each stream.
@@ -318,23 +407,16 @@ fn replicas_match_replay(n: usize) {
     let (start, end) = s.plant(&format!("k{n}"), 4, &mut noise);
     let expected = 8;
     let refs: Vec<&Runner> = runners.iter().collect();
-    let done = wait_until(Duration::from_secs(40), || {
-        s.tick(&mut noise);
-        std::thread::sleep(Duration::from_millis(500));
-        union(&refs).len() >= expected
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    let got = union(&refs);
-    assert!(
-        done,
-        "{} alerts of {expected}:\n{got:#?}\n{}",
-        got.len(),
-        stderr_all(&refs)
+    let got = s.settle_and_compare(
+        &ep,
+        dir.path(),
+        &refs,
+        &mut noise,
+        expected,
+        (start, end),
+        &format!("{n} replicas"),
     );
-    let reference = s.replay(&ep, dir.path(), start, end);
-    assert_eq!(reference.len(), expected, "{reference:#?}");
-    assert_eq!(keys(&got), keys(&reference));
-    assert_eq!(unique_ids(&got), unique_ids(&reference));
+    assert_eq!(got.len(), expected, "{got:#?}");
     // Each replica serves its health and figures; together they count every alert once.
     for (i, addr) in http.iter().enumerate() {
         assert_eq!(http_get(addr, "/readyz").0, 200, "replica r{i}");
@@ -434,77 +516,15 @@ fn kill_9_of_a_replica_loses_no_alert_and_sends_none_twice() {
             b_sent >= 1,
             "seed {seed}: b sent no alert before it was killed"
         );
-        let rounds = round;
-        let expected = rounds * 2;
-        let done = wait_until(Duration::from_secs(40), || {
-            s.tick(&mut noise);
-            std::thread::sleep(Duration::from_millis(500));
-            union(&[&a, &b]).len() >= expected
-        });
-        std::thread::sleep(Duration::from_secs(4));
-        let got = union(&[&a, &b]);
-        assert!(
-            done,
-            "seed {seed}: {} alerts of {expected}:\n{got:#?}\n{}",
-            got.len(),
-            stderr_all(&[&a, &b])
-        );
-        unique_ids(&got);
-        // The replicas also counted the background events put while waiting, after `last`,
-        // which the reference does not read: an alert they complete (a host reaching 100
-        // denials in CI, seen at window_end > last) is outside what replay can judge. An
-        // alert's window_end is the event that fired it, so alerts up to `last` depend only
-        // on events up to `last`, which both sides read.
-        let got: Vec<serde_json::Value> = got
-            .into_iter()
-            .filter(|a| {
-                a["window_end"]
-                    .as_str()
-                    .and_then(authwatch_event::time::parse_timestamp)
-                    .is_some_and(|us| us / 1000 <= last)
-            })
-            .collect();
-        let reference = s.replay(&ep, dir.path(), t0, last);
-        let extra: Vec<String> = got
-            .iter()
-            .filter(|a| {
-                !reference
-                    .iter()
-                    .any(|r| r["rule"] == a["rule"] && r["group"] == a["group"])
-            })
-            .map(|a| {
-                format!(
-                    "{} {} count {} window_end {}",
-                    a["rule"], a["group"], a["count"], a["window_end"]
-                )
-            })
-            .collect();
-        assert_eq!(
-            keys(&got),
-            keys(&reference),
-            "seed {seed}: last attack event at {}; alerts replay does not have: {extra:#?}",
-            rfc3339_ms(last)
-        );
-        let brief = |v: &[serde_json::Value]| {
-            let mut b: Vec<String> = v
-                .iter()
-                .map(|a| {
-                    format!(
-                        "{} {} {} {} {}",
-                        a["rule"], a["group"], a["window_end"], a["count"], a["alert_id"]
-                    )
-                })
-                .collect();
-            b.sort();
-            b
-        };
-        assert_eq!(
-            unique_ids(&got),
-            unique_ids(&reference),
-            "seed {seed}:\n{:#?}\n{:#?}\n{}",
-            brief(&got),
-            brief(&reference),
-            stderr_all(&[&a, &b])
+        let expected = round * 2;
+        let got = s.settle_and_compare(
+            &ep,
+            dir.path(),
+            &[&a, &b],
+            &mut noise,
+            expected,
+            (t0, last),
+            &format!("seed {seed}"),
         );
         // The survivor holds every shard of both streams; it took them within the lease
         // timeout (3 s) plus a lease round or two.
@@ -523,6 +543,83 @@ fn kill_9_of_a_replica_loses_no_alert_and_sends_none_twice() {
             got.len()
         );
     }
+}
+
+/// A failover inside an attack that outlasts the rebuild horizon (window 3 s + cooldown
+/// 5 s + lateness 5 s + lease timeout 3 s): the survivor rebuilds the key's window from 16 s
+/// back, where the dead replica's cooldown chain had started long before. Told the alerts
+/// marked sent (`LeaseTable::sent_alerts`), it pages exactly what replay pages; before, it
+/// fired out of phase (a second page with a new alert id).
+#[test]
+fn a_failover_inside_a_sustained_attack_pages_like_replay() {
+    let Some(ep) = emulator() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("sustained.yaml");
+    std::fs::write(
+        &rules,
+        "id: sustained-denials\nseverity: high\nmatch: {responseStatus.code: 403}\ngroup_by: [sourceIPs]\nwindow: 3s\nthreshold: 3\ncooldown: 5s\n",
+    )
+    .unwrap();
+    let mut s = setup(&ep, "sustain", 4);
+    s.rules = Some(rules);
+    let mut a = s.replica(&ep, dir.path(), "a", &[]);
+    let mut b = s.replica(&ep, dir.path(), "b", &[]);
+    assert!(
+        s.balanced(&ep, &["a", "b"], 2, Duration::from_secs(20)),
+        "{:?}",
+        s.owners(&ep)
+    );
+    // One denial every 300 ms for 45 s from one address, over the three API servers; the
+    // replica that pages it (the owner of its match shard) is killed 25 s in.
+    let ip = "198.51.100.99";
+    let t0 = now_ms() - 1_000;
+    let mut last = t0;
+    let started = std::time::Instant::now();
+    let mut killed = None;
+    let mut i = 0usize;
+    while started.elapsed() < Duration::from_secs(45) {
+        let now = now_ms();
+        let ev = denied(&format!("sustained-{i}"), now, ip, "eve");
+        s.emu.put(&s.group, STREAMS[i % 3], &[(now, ev)]);
+        last = now;
+        i += 1;
+        if killed.is_none() && started.elapsed() >= Duration::from_secs(25) {
+            let pages = |r: &Runner| alerts(&r.output).len();
+            let (pa, pb) = (pages(&a), pages(&b));
+            assert!(pa + pb >= 3, "{pa} + {pb} pages 25 s into the attack");
+            if pa > 0 {
+                a.kill9();
+                killed = Some(("a", pa));
+            } else {
+                b.kill9();
+                killed = Some(("b", pb));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let Some((victim, sent)) = killed else {
+        panic!("no kill")
+    };
+    // What one process makes of the same events, to know how many pages to wait for.
+    let pre = dir.path().join("pre");
+    std::fs::create_dir_all(&pre).unwrap();
+    let expected = s.replay(&ep, &pre, t0, last).len();
+    assert!(expected >= 7, "replay paged {expected} times in 45 s");
+    let mut noise = Noise::load();
+    let got = s.settle_and_compare(
+        &ep,
+        dir.path(),
+        &[&a, &b],
+        &mut noise,
+        expected,
+        (t0, last),
+        "sustained attack",
+    );
+    assert_eq!(got.len(), expected);
+    eprintln!(
+        "killed {victim} after it sent {sent} pages; {} pages in all, the same as replay",
+        got.len()
+    );
 }
 
 /// A replica joining mid-run takes a fair share (half the shards of each stream) and the
@@ -550,23 +647,16 @@ fn a_replica_joining_mid_run_takes_a_fair_share() {
     );
     let (_, end2) = s.plant("join3", 2, &mut noise);
     let expected = 12;
-    let done = wait_until(Duration::from_secs(40), || {
-        s.tick(&mut noise);
-        std::thread::sleep(Duration::from_millis(500));
-        union(&[&a, &b]).len() >= expected
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    let got = union(&[&a, &b]);
-    assert!(
-        done,
-        "{} alerts of {expected}:\n{got:#?}\n{}",
-        got.len(),
-        stderr_all(&[&a, &b])
+    let got = s.settle_and_compare(
+        &ep,
+        dir.path(),
+        &[&a, &b],
+        &mut noise,
+        expected,
+        (start, end.max(end2)),
+        "join",
     );
-    let reference = s.replay(&ep, dir.path(), start, end.max(end2));
-    assert_eq!(reference.len(), expected);
-    assert_eq!(keys(&got), keys(&reference));
-    assert_eq!(unique_ids(&got), unique_ids(&reference));
+    assert_eq!(got.len(), expected);
     assert!(
         !alerts(&b.output).is_empty(),
         "the joining replica owns some windows, so it should have sent some alerts"
@@ -616,23 +706,16 @@ fn reshard_mid_run(tag: &str, reshard: impl Fn(&Setup), parents: &[&str], childr
     reshard(&s);
     let (_, end) = s.plant(&format!("{tag}2"), 3, &mut noise);
     let expected = 10;
-    let done = wait_until(Duration::from_secs(40), || {
-        s.tick(&mut noise);
-        std::thread::sleep(Duration::from_millis(500));
-        union(&[&a, &b]).len() >= expected
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    let got = union(&[&a, &b]);
-    assert!(
-        done,
-        "{} alerts of {expected}:\n{got:#?}\n{}",
-        got.len(),
-        stderr_all(&[&a, &b])
+    let got = s.settle_and_compare(
+        &ep,
+        dir.path(),
+        &[&a, &b],
+        &mut noise,
+        expected,
+        (start, end),
+        tag,
     );
-    let reference = s.replay(&ep, dir.path(), start, end);
-    assert_eq!(reference.len(), expected);
-    assert_eq!(keys(&got), keys(&reference));
-    assert_eq!(unique_ids(&got), unique_ids(&reference));
+    assert_eq!(got.len(), expected);
     let text = stderr_all(&[&a, &b]);
     for parent in parents {
         assert!(
@@ -765,7 +848,8 @@ fn kinesis_bench() {
 
 /// The alert claim against moto's DynamoDB: the first claimer delivers, another replica waits
 /// while the claim is fresh, takes a stale `pending` claim over (its claimer died between the
-/// claim and the sinks), and nobody delivers once it is marked sent.
+/// claim and the sinks), and nobody delivers once it is marked sent; what fired it is read
+/// back only once it is sent.
 #[test]
 fn alert_claims_are_two_phase_and_a_stale_claim_is_taken_over() {
     use authwatch_aws::lease::{Claim, LeaseTable};
@@ -800,7 +884,16 @@ fn alert_claims_are_two_phase_and_a_stale_claim_is_taken_over() {
                 claimed_ms: t + 3_000
             }
         );
-        table.alert_sent("x").await.unwrap();
+        let fired = authwatch_aws::FiredAlert {
+            rule: "denied-by-source-ip".into(),
+            key: vec!["198.51.100.7".into()],
+            window_end_us: 1_700_000_000_000_123,
+        };
+        // Only sent claims are read back for a rebuilt engine, from the given window end.
+        assert_eq!(table.sent_alerts(0).await.unwrap(), []);
+        table.alert_sent("x", &fired).await.unwrap();
+        assert_eq!(table.sent_alerts(1_700_000_000_000).await.unwrap(), [fired]);
+        assert_eq!(table.sent_alerts(1_700_000_000_001).await.unwrap(), []);
         for who in ["a", "b", "c"] {
             assert_eq!(
                 table
@@ -869,26 +962,20 @@ fn split_roles_give_the_alerts_of_replay() {
     let mut noise = Noise::load();
     let (start, end) = s.plant("roles", 3, &mut noise);
     let expected = 6;
-    let done = wait_until(Duration::from_secs(40), || {
-        s.tick(&mut noise);
-        std::thread::sleep(Duration::from_millis(500));
-        alerts(&w.output).len() >= expected
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    let got = union(&[&m, &w]);
-    assert!(
-        done,
-        "{} alerts of {expected}:\n{got:#?}\n{}",
-        got.len(),
-        stderr_all(&[&m, &w])
+    let got = s.settle_and_compare(
+        &ep,
+        dir.path(),
+        &[&m, &w],
+        &mut noise,
+        expected,
+        (start, end),
+        "split roles",
     );
+    assert_eq!(got.len(), expected);
     assert!(
         alerts(&m.output).is_empty(),
         "the match role sends no alert"
     );
     assert_eq!(held(&s.matches, "m"), None);
     assert_eq!(held(&s.source, "w"), None);
-    let reference = s.replay(&ep, dir.path(), start, end);
-    assert_eq!(keys(&got), keys(&reference));
-    assert_eq!(unique_ids(&got), unique_ids(&reference));
 }

@@ -296,6 +296,80 @@ fn crash_and_restart(ep: &str, seed: u64) {
     eprintln!("seed {seed}: {kills} kills, {} alerts identical", v.len());
 }
 
+/// A restart inside an attack that outlasts window + cooldown + look-back. The restarted
+/// run re-reads only that horizon, so the cooldowns the first process had started are not in
+/// the events it reads again; before the engine was told the alerts already sent
+/// (`Engine::remember_sent`, from the state directory's record), it fired out of phase with
+/// the uninterrupted run: a second page, with a new alert id, for the same attack.
+#[test]
+fn restarts_inside_a_sustained_attack_page_exactly_like_one_run() {
+    let Some(ep) = emulator() else { return };
+    let emu = Emu::new(&ep);
+    let g = group_with_streams(&emu, "sustained", &[S1]);
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("sustained.yaml");
+    std::fs::write(
+        &rules,
+        "id: sustained-denials\nseverity: high\nmatch: {responseStatus.code: 403}\ngroup_by: [sourceIPs]\nwindow: 3s\nthreshold: 3\ncooldown: 5s\n",
+    )
+    .unwrap();
+    let rules = rules.to_str().unwrap();
+    let extra = ["--rules", rules, "--lookback", "1s", "--max-lateness", "2s"];
+    let (ref_out, vic_out) = (dir.path().join("ref.jsonl"), dir.path().join("vic.jsonl"));
+    let _reference = start_run(&ep, &g, &dir.path().join("ref-state"), &ref_out, &extra);
+    let vic_state = dir.path().join("vic-state");
+    let mut victim = start_run(&ep, &g, &vic_state, &vic_out, &extra);
+    // One denial every 300 ms for 36 s from one address; the victim is killed three times,
+    // each time more than the 9 s horizon (3s + 5s + 1s) into the attack.
+    let start = std::time::Instant::now();
+    let kills_at = [12, 21, 29].map(Duration::from_secs);
+    let mut kills = 0;
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(36) {
+        let now = now_ms();
+        emu.put(
+            &g,
+            S1,
+            &[(
+                now,
+                denied(&format!("sustained-{i}"), now, "198.51.100.99", "eve"),
+            )],
+        );
+        i += 1;
+        if kills < kills_at.len() && start.elapsed() >= kills_at[kills] {
+            victim.kill9();
+            victim = start_run(&ep, &g, &vic_state, &vic_out, &extra);
+            kills += 1;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ids = |path: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = alerts(path)
+            .iter()
+            .map(|a| format!("{} {}", a["window_end"], a["alert_id"]))
+            .collect();
+        v.sort();
+        v
+    };
+    let done = wait_until(Duration::from_secs(30), || {
+        let r = ids(&ref_out);
+        r.len() >= 6 && ids(&vic_out) == r
+    });
+    // Give a last poll the chance to show a late extra page.
+    std::thread::sleep(Duration::from_secs(3));
+    let (r, v) = (ids(&ref_out), ids(&vic_out));
+    assert!(
+        done && r == v,
+        "{kills} kills: the uninterrupted run paged {} times, the restarted one {}:\nref {r:#?}\nvictim {v:#?}\nvictim stderr:\n{}",
+        r.len(),
+        v.len(),
+        victim.stderr_text()
+    );
+    assert_eq!(kills, 3);
+    // 36 s of attack with a 5 s cooldown: about 7 pages, every one from the same address.
+    assert!(r.len() >= 6, "{r:#?}");
+}
+
 /// `AUTHWATCH_CRASH_SEEDS` sets how many seeds (default 20, the target;
 /// lower it for a quick local run).
 #[test]

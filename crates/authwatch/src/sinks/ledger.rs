@@ -4,7 +4,9 @@
 //! so the engine fires some of the same alerts again (same `alert_id`). The ledger remembers
 //! the ids already delivered — in the checkpoint, plus a small fsync'd journal appended right
 //! after each delivery so that an alert sent between two checkpoints is known too — and
-//! drops the repeats. It only looks at `alert_id` and `window_end`: it never sees events.
+//! drops the repeats. It also keeps each sent alert's rule, key and `window_end`, which the
+//! rebuilt engine is told ([`authwatch_rules::Engine::remember_sent`]) so that it keeps the
+//! cooldowns the previous process had started. It never sees events.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,7 +15,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use authwatch_aws::SentAlert;
+use authwatch_aws::{FiredAlert, SentAlert};
 use authwatch_rules::Alert;
 
 use super::AlertSink;
@@ -21,10 +23,11 @@ use super::AlertSink;
 /// The journal file inside the state directory.
 pub const JOURNAL_FILE: &str = "sent-alerts.journal";
 
-/// The set of alert ids already delivered, with their `window_end` (ms) for pruning.
+/// The set of alert ids already delivered, with their `window_end` (ms) for pruning and
+/// what fired them.
 #[derive(Debug)]
 pub struct SentLedger {
-    ids: HashMap<String, i64>,
+    ids: HashMap<String, (i64, Option<FiredAlert>)>,
     journal_path: PathBuf,
     journal: Option<File>,
 }
@@ -34,19 +37,24 @@ impl SentLedger {
     pub fn open(state_dir: &Path, from_checkpoint: &[SentAlert]) -> io::Result<SentLedger> {
         fs::create_dir_all(state_dir)?;
         let journal_path = state_dir.join(JOURNAL_FILE);
-        let mut ids: HashMap<String, i64> = from_checkpoint
+        let mut ids: HashMap<String, (i64, Option<FiredAlert>)> = from_checkpoint
             .iter()
-            .map(|s| (s.id.clone(), s.window_end_ms))
+            .map(|s| (s.id.clone(), (s.window_end_ms, s.fired.clone())))
             .collect();
         match fs::read_to_string(&journal_path) {
             Ok(text) => {
-                // A line cut short by a crash has no window_end and is ignored; the alert it
-                // names was being recorded, so at worst it is delivered once more.
+                // `<id> <window_end ms> <fired, JSON>` (earlier versions: no JSON). A line cut
+                // short by a crash before its window_end is ignored: the alert it names was
+                // being recorded, so at worst it is delivered once more. One cut inside the
+                // JSON still records the id.
                 for line in text.lines() {
-                    if let Some((id, end)) = line.split_once(' ') {
-                        if let Ok(end) = end.parse::<i64>() {
-                            ids.insert(id.to_owned(), end);
-                        }
+                    let mut parts = line.splitn(3, ' ');
+                    let (Some(id), Some(end)) = (parts.next(), parts.next()) else {
+                        continue;
+                    };
+                    if let Ok(end) = end.parse::<i64>() {
+                        let fired = parts.next().and_then(|j| serde_json::from_str(j).ok());
+                        ids.insert(id.to_owned(), (end, fired));
                     }
                 }
             }
@@ -68,7 +76,12 @@ impl SentLedger {
     /// Records a delivered alert, durably.
     pub fn record(&mut self, alert: &Alert) -> io::Result<()> {
         let end_ms = alert.window_end.div_euclid(1000);
-        self.ids.insert(alert.alert_id.clone(), end_ms);
+        let fired = FiredAlert::of(alert);
+        // serde_json escapes every control character: the line stays one line whatever the
+        // key holds.
+        let fired_json = serde_json::to_string(&fired).unwrap_or_default();
+        self.ids
+            .insert(alert.alert_id.clone(), (end_ms, Some(fired)));
         if self.journal.is_none() {
             self.journal = Some(
                 OpenOptions::new()
@@ -78,7 +91,7 @@ impl SentLedger {
             );
         }
         if let Some(f) = &mut self.journal {
-            writeln!(f, "{} {end_ms}", alert.alert_id)?;
+            writeln!(f, "{} {end_ms} {fired_json}", alert.alert_id)?;
             f.sync_data()?;
         }
         Ok(())
@@ -87,13 +100,14 @@ impl SentLedger {
     /// Forgets ids whose window ended before `min_end_ms` (no rebuild reaches back there) and
     /// returns the rest, oldest first, for the checkpoint.
     pub fn prune_and_snapshot(&mut self, min_end_ms: i64) -> Vec<SentAlert> {
-        self.ids.retain(|_, end| *end >= min_end_ms);
+        self.ids.retain(|_, (end, _)| *end >= min_end_ms);
         let mut v: Vec<SentAlert> = self
             .ids
             .iter()
-            .map(|(id, end)| SentAlert {
+            .map(|(id, (end, fired))| SentAlert {
                 id: id.clone(),
                 window_end_ms: *end,
+                fired: fired.clone(),
             })
             .collect();
         v.sort_by(|a, b| (a.window_end_ms, &a.id).cmp(&(b.window_end_ms, &b.id)));
@@ -107,6 +121,12 @@ impl SentLedger {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// What fired the alerts held (those recorded by versions that kept it), for
+    /// [`authwatch_rules::Engine::remember_sent`].
+    pub fn fired(&self) -> impl Iterator<Item = &FiredAlert> {
+        self.ids.values().filter_map(|(_, fired)| fired.as_ref())
     }
 
     /// Ids held.
@@ -180,5 +200,76 @@ impl AlertSink for LedgerSink<'_> {
 
     fn figures(&self, out: &mut std::collections::BTreeMap<String, super::SinkFigures>) {
         self.inner.figures(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use authwatch_rules::alert::Group;
+
+    fn alert(id: &str, key: &str, end_us: i64) -> Alert {
+        let mut a = crate::sinks::notification::tests::alert_with("198.51.100.7", key);
+        a.rule = "r".into();
+        a.group = Group(vec![
+            ("sourceIPs".into(), "198.51.100.7".into()),
+            ("user.username".into(), key.into()),
+        ]);
+        a.window_end = end_us;
+        a.alert_id = id.into();
+        a
+    }
+
+    #[test]
+    fn the_journal_keeps_what_fired_whatever_the_key_holds_and_reads_older_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = SentLedger::open(dir.path(), &[]).unwrap();
+        let hostile = "eve \r\n0000 1 {\"rule\":\"forged\"} \u{1b}[2J";
+        ledger
+            .record(&alert("a1", hostile, 1_700_000_000_000_123))
+            .unwrap();
+        drop(ledger);
+        // A line of an earlier version, one torn inside its JSON, one torn before its end.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL_FILE))
+            .unwrap();
+        write!(
+            f,
+            "old 1700000000001\ntorn 1700000000002 {{\"rule\":\"r\",\"ke\nshort"
+        )
+        .unwrap();
+        drop(f);
+        let ledger = SentLedger::open(dir.path(), &[]).unwrap();
+        assert!(ledger.contains("a1") && ledger.contains("old") && ledger.contains("torn"));
+        assert!(!ledger.contains("short"));
+        assert_eq!(ledger.len(), 3);
+        let fired: Vec<&FiredAlert> = ledger.fired().collect();
+        assert_eq!(
+            fired,
+            [&FiredAlert {
+                rule: "r".into(),
+                key: vec!["198.51.100.7".into(), hostile.into()],
+                window_end_us: 1_700_000_000_000_123,
+            }]
+        );
+    }
+
+    #[test]
+    fn the_snapshot_carries_what_fired_and_prunes_by_window_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = SentLedger::open(dir.path(), &[]).unwrap();
+        ledger.record(&alert("early", "bob", 1_000_000)).unwrap();
+        ledger.record(&alert("late", "bob", 5_000_000)).unwrap();
+        let snap = ledger.prune_and_snapshot(2_000);
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].id, "late");
+        assert_eq!(snap[0].window_end_ms, 5_000);
+        assert_eq!(
+            snap[0].fired.as_ref().map(|f| f.window_end_us),
+            Some(5_000_000)
+        );
+        let reopened = SentLedger::open(tempfile::tempdir().unwrap().path(), &snap).unwrap();
+        assert_eq!(reopened.fired().count(), 1);
     }
 }
