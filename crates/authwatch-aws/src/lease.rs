@@ -18,10 +18,13 @@
 //! A shard is ready to be leased only when its parents are read to their end (`SHARD_END`),
 //! so a key's records are read in order across a split or a merge.
 //!
-//! The same table keeps the ids of claimed and delivered alerts (`alert#<id>`, written with
-//! `attribute_not_exists`), so that two replicas, or one that rebuilt a window after a
-//! failover, do not send one alert twice, and a claim whose replica died before the sinks
-//! got the alert is taken over ([`LeaseTable::claim_alert`]).
+//! A second table, `<lease table>-alerts` ([`claims_table_name`]), keeps the ids of claimed
+//! and delivered alerts (hash key `alertId`, written with `attribute_not_exists`), so that two
+//! replicas, or one that rebuilt a window after a failover, do not send one alert twice, and
+//! a claim whose replica died before the sinks got the alert is taken over
+//! ([`LeaseTable::claim_alert`]). A table of its own because every window replica scans the
+//! lease table twice a second for the source shards' read-through times: with two days of
+//! claims in it, each scan would read them all.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -39,6 +42,13 @@ use crate::kinesis::ShardInfo;
 /// The checkpoint of a shard read to its end.
 pub const SHARD_END: &str = "SHARD_END";
 const KEY: &str = "leaseKey";
+/// The hash key of the alert claims table.
+const CLAIM_KEY: &str = "alertId";
+
+/// The alert claims table that goes with lease table `lease_table`.
+pub fn claims_table_name(lease_table: &str) -> String {
+    format!("{lease_table}-alerts")
+}
 /// The attribute DynamoDB's time to live reads (epoch seconds): alert claims expire.
 pub const EXPIRES_AT: &str = "expiresAt";
 /// How long an alert claim is kept: far longer than any rebuild reaches back (a rule's
@@ -163,30 +173,43 @@ fn lease_key(stream: &str, shard: &str) -> String {
     format!("lease#{stream}#{shard}")
 }
 
-/// The lease table (and the delivered-alert ids kept in it).
+/// The lease table, and the alert claims table beside it.
 #[derive(Debug, Clone)]
 pub struct LeaseTable {
     client: Client,
     table: String,
+    claims: String,
 }
 
 impl LeaseTable {
-    /// The table `table` (see [`LeaseTable::ensure`]).
+    /// The lease table `table` and its claims table [`claims_table_name`] (see
+    /// [`LeaseTable::ensure`]).
     pub fn new(client: Client, table: &str) -> LeaseTable {
         LeaseTable {
             client,
             table: table.to_owned(),
+            claims: claims_table_name(table),
         }
     }
 
-    /// The table's name.
+    /// The lease table's name.
     pub fn name(&self) -> &str {
         &self.table
     }
 
-    /// Creates the table if missing (on-demand capacity, hash key `leaseKey`) and waits until
-    /// it is active.
+    /// The alert claims table's name.
+    pub fn claims_name(&self) -> &str {
+        &self.claims
+    }
+
+    /// Creates both tables if missing (on-demand capacity; hash key `leaseKey`, and `alertId`
+    /// for the claims, with time to live on [`EXPIRES_AT`]) and waits until they are active.
     pub async fn ensure(&self) -> Result<(), LeaseError> {
+        self.ensure_table(&self.table, KEY, false).await?;
+        self.ensure_table(&self.claims, CLAIM_KEY, true).await
+    }
+
+    async fn ensure_table(&self, table: &str, key: &str, expires: bool) -> Result<(), LeaseError> {
         let perm = |e: aws_sdk_dynamodb::error::BuildError| LeaseError {
             op: "CreateTable",
             class: ErrorClass::Permanent(e.to_string()),
@@ -194,17 +217,17 @@ impl LeaseTable {
         let created = self
             .client
             .create_table()
-            .table_name(&self.table)
+            .table_name(table)
             .attribute_definitions(
                 AttributeDefinition::builder()
-                    .attribute_name(KEY)
+                    .attribute_name(key)
                     .attribute_type(ScalarAttributeType::S)
                     .build()
                     .map_err(perm)?,
             )
             .key_schema(
                 KeySchemaElement::builder()
-                    .attribute_name(KEY)
+                    .attribute_name(key)
                     .key_type(KeyType::Hash)
                     .build()
                     .map_err(perm)?,
@@ -226,12 +249,12 @@ impl LeaseTable {
             let d = self
                 .client
                 .describe_table()
-                .table_name(&self.table)
+                .table_name(table)
                 .send()
                 .await
                 .map_err(|e| err("DescribeTable", &e))?;
             if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                if created_here {
+                if created_here && expires {
                     self.expire_alert_claims().await;
                 }
                 return Ok(());
@@ -240,13 +263,13 @@ impl LeaseTable {
         }
         Err(LeaseError {
             op: "DescribeTable",
-            class: ErrorClass::Transient(format!("table {} not active after 60 s", self.table)),
+            class: ErrorClass::Transient(format!("table {table} not active after 60 s")),
         })
     }
 
-    /// Turns on the table's time to live on [`EXPIRES_AT`] (a table this replica created; the
-    /// CloudFormation template sets it itself). Without it claims are only never deleted, so
-    /// a failure is reported, not fatal.
+    /// Turns on the claims table's time to live on [`EXPIRES_AT`] (a table this replica
+    /// created; the CloudFormation template sets it itself). Without it claims are only never
+    /// deleted, so a failure is reported, not fatal.
     async fn expire_alert_claims(&self) {
         let spec = TimeToLiveSpecification::builder()
             .enabled(true)
@@ -256,7 +279,7 @@ impl LeaseTable {
             Ok(spec) => self
                 .client
                 .update_time_to_live()
-                .table_name(&self.table)
+                .table_name(&self.claims)
                 .time_to_live_specification(spec)
                 .send()
                 .await
@@ -266,8 +289,8 @@ impl LeaseTable {
         };
         if let Err(e) = r {
             tracing::warn!(
-                "authwatch: lease table {}: could not turn on time to live for alert claims ({e}); they will accumulate",
-                self.table
+                "authwatch: alert claims table {}: could not turn on time to live ({e}); claims will accumulate",
+                self.claims
             );
         }
     }
@@ -398,12 +421,11 @@ impl LeaseTable {
         now_ms: i64,
         stale_ms: i64,
     ) -> Result<Claim, LeaseError> {
-        let key = format!("alert#{id}");
         let r = self
             .client
             .put_item()
-            .table_name(&self.table)
-            .item(KEY, s(&key))
+            .table_name(&self.claims)
+            .item(CLAIM_KEY, s(id))
             .item("leaseOwner", s(owner))
             .item("claimedMs", n(now_ms))
             .item("alertState", s("pending"))
@@ -411,7 +433,7 @@ impl LeaseTable {
                 EXPIRES_AT,
                 n(now_ms / 1000 + ALERT_CLAIM_TTL.as_secs() as i64),
             )
-            .condition_expression("attribute_not_exists(leaseKey)")
+            .condition_expression("attribute_not_exists(alertId)")
             .send()
             .await;
         match r {
@@ -422,8 +444,8 @@ impl LeaseTable {
         let item = self
             .client
             .get_item()
-            .table_name(&self.table)
-            .key(KEY, s(&key))
+            .table_name(&self.claims)
+            .key(CLAIM_KEY, s(id))
             .consistent_read(true)
             .send()
             .await
@@ -447,8 +469,8 @@ impl LeaseTable {
         let r = self
             .client
             .update_item()
-            .table_name(&self.table)
-            .key(KEY, s(&key))
+            .table_name(&self.claims)
+            .key(CLAIM_KEY, s(id))
             .update_expression("SET leaseOwner = :me, claimedMs = :now")
             .condition_expression("alertState = :pending AND claimedMs = :old")
             .expression_attribute_values(":me", s(owner))
@@ -472,8 +494,8 @@ impl LeaseTable {
         let fired_json = serde_json::to_string(fired).unwrap_or_default();
         self.client
             .update_item()
-            .table_name(&self.table)
-            .key(KEY, s(format!("alert#{id}")))
+            .table_name(&self.claims)
+            .key(CLAIM_KEY, s(id))
             .update_expression("SET alertState = :sent, fired = :f, windowEndMs = :w")
             .expression_attribute_values(":sent", s("sent"))
             .expression_attribute_values(":f", s(fired_json))
@@ -495,11 +517,8 @@ impl LeaseTable {
             let resp = self
                 .client
                 .scan()
-                .table_name(&self.table)
-                .filter_expression(
-                    "begins_with(leaseKey, :p) AND alertState = :sent AND windowEndMs >= :min",
-                )
-                .expression_attribute_values(":p", s("alert#"))
+                .table_name(&self.claims)
+                .filter_expression("alertState = :sent AND windowEndMs >= :min")
                 .expression_attribute_values(":sent", s("sent"))
                 .expression_attribute_values(":min", n(min_end_ms))
                 .set_exclusive_start_key(start.take())

@@ -45,6 +45,11 @@ use crate::sinks::AlertSink;
 /// mark stops moving (every source shard's lease unread that long): 10 minutes, in µs.
 const WINDOW_FALLBACK_LATENESS: Micros = 10 * 60 * 1_000_000;
 
+/// How long SIGTERM waits for the step under way (a batch matched and written, or alerts
+/// claimed, delivered and marked sent) before the leases are given up: well inside the 30 s
+/// Kubernetes and ECS give a container to stop.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
 /// Which stages a replica runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -422,13 +427,37 @@ async fn run_async(
             }
             Ok::<(), KinesisRunError>(())
         };
-        tokio::select! {
-            biased;
-            signal = &mut shutdown => {
-                tracing::info!("authwatch run: {signal}: stopping");
-                break 'run;
+        let stop = {
+            let mut step = std::pin::pin!(step);
+            tokio::select! {
+                biased;
+                signal = &mut shutdown => {
+                    // Not dropped mid-way: a step cut between handing an alert to the sinks
+                    // and marking its claim sent would have the replica that takes over send
+                    // it again.
+                    tracing::info!(
+                        "authwatch run: {signal}: stopping after the current step (at most {STOP_GRACE:?})"
+                    );
+                    match tokio::time::timeout(STOP_GRACE, &mut step).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => result = Err(e),
+                        Err(_) => tracing::warn!(
+                            "authwatch run: the current step did not end within {STOP_GRACE:?} (AWS retries); stopping anyway: an alert being delivered may be sent again, with the same alert_id, by the replica that takes over"
+                        ),
+                    }
+                    true
+                }
+                r = &mut step => match r {
+                    Ok(()) => false,
+                    Err(e) => {
+                        result = Err(e);
+                        true
+                    }
+                },
             }
-            r = step => if let Err(e) = r { result = Err(e); break 'run; },
+        };
+        if stop {
+            break 'run;
         }
         {
             // A step that returned read every stream this replica holds.

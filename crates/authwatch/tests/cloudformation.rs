@@ -70,6 +70,29 @@ fn the_consumer_policy_grants_the_kinesis_run_actions_but_table_creation() {
     assert_eq!(granted, wanted);
 }
 
+/// The template's claims table is the one authwatch looks for beside its lease table.
+#[test]
+fn the_template_names_the_claims_table_as_authwatch_finds_it() {
+    let text =
+        std::fs::read_to_string(repo().join("docker/kinesis/authwatch-kinesis.yaml")).unwrap();
+    let name_in = |resource: &str| -> String {
+        let start = text
+            .find(&format!("\n  {resource}:\n"))
+            .unwrap_or_else(|| panic!("{resource}"));
+        let line = text[start..]
+            .lines()
+            .find(|l| l.trim_start().starts_with("TableName:"))
+            .unwrap();
+        line.split("TableName:").nth(1).unwrap().trim().to_owned()
+    };
+    let leases = name_in("LeaseTable");
+    assert_eq!(leases, "!Sub authwatch-${ClusterName}-leases");
+    assert_eq!(
+        name_in("AlertClaimsTable"),
+        authwatch_aws::lease::claims_table_name(&leases)
+    );
+}
+
 /// The multi-replica EKS manifest: a StatefulSet (a spool volume per replica) whose
 /// configuration `authwatch config check` accepts as a Kinesis run.
 #[test]

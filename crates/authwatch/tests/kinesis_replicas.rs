@@ -661,6 +661,33 @@ fn a_replica_joining_mid_run_takes_a_fair_share() {
         !alerts(&b.output).is_empty(),
         "the joining replica owns some windows, so it should have sent some alerts"
     );
+    // A clean stop: b finishes its step, gives its leases up, and a takes them without
+    // waiting for them to expire (3 s); nothing is sent again.
+    let mut b = b;
+    let b_stderr = b.stderr.clone();
+    let status = sigterm_and_wait(&mut b.child, Duration::from_secs(20), || {
+        std::fs::read_to_string(&b_stderr).unwrap_or_default()
+    });
+    assert!(status.success(), "{status}\n{}", b.stderr_text());
+    assert!(
+        // "SIGTERM: stopping" between steps, "… stopping after the current step" inside one.
+        b.stderr_text().contains("SIGTERM: stopping"),
+        "{}",
+        b.stderr_text()
+    );
+    // Given up, not left to expire: right after b's exit none is b's (a takes an expired
+    // lease only 3 s after its last renewal).
+    let owners = s.owners(&ep);
+    assert!(
+        owners.keys().all(|(_, owner)| owner != "b"),
+        "b still owns leases after a clean stop: {owners:?}"
+    );
+    assert!(
+        s.balanced(&ep, &["a"], 4, Duration::from_secs(10)),
+        "{:?}",
+        s.owners(&ep)
+    );
+    unique_ids(&union(&[&a, &b]));
 }
 
 /// A split of a source shard mid-run: the parent is read to its end before its children, and
@@ -907,11 +934,15 @@ fn alert_claims_are_two_phase_and_a_stale_claim_is_taken_over() {
             table.claim_alert("y", "c", t, 3_000).await.unwrap(),
             Claim::Deliver
         );
-        // Claims expire (the table's time to live, turned on by the replica that created
-        // it), two days after the first claim, taken-over claims included.
+        // Claims expire (the claims table's time to live, turned on by the replica that
+        // created it), two days after the first claim, taken-over claims included; the lease
+        // table holds no claim.
+        assert_eq!(table.claims_name(), format!("{name}-alerts"));
+        let leases = ddb.scan().table_name(&name).send().await.unwrap();
+        assert_eq!(leases.count(), 0, "{leases:?}");
         let ttl = ddb
             .describe_time_to_live()
-            .table_name(&name)
+            .table_name(table.claims_name())
             .send()
             .await
             .unwrap();
@@ -923,10 +954,10 @@ fn alert_claims_are_two_phase_and_a_stale_claim_is_taken_over() {
         );
         let item = ddb
             .get_item()
-            .table_name(&name)
+            .table_name(table.claims_name())
             .key(
-                "leaseKey",
-                aws_sdk_dynamodb::types::AttributeValue::S("alert#x".into()),
+                "alertId",
+                aws_sdk_dynamodb::types::AttributeValue::S("x".into()),
             )
             .send()
             .await
