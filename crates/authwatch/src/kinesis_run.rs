@@ -187,9 +187,82 @@ fn route(rule: &str, key: &str) -> String {
     format!("{rule}\u{1f}{key}")
 }
 
+/// One stage's leases. The lease rounds (list the shards, renew, take, balance) run on a
+/// task of their own, every `--lease-timeout / 3`: renewal must not wait for a step that is
+/// retrying a throttled `PutRecords` or alert claim, or a replica under throttling would lose
+/// its leases to the others after `--lease-timeout` and the shards would move for nothing.
+/// The steps follow the leases held ([`readable`]) and write checkpoints through the same
+/// coordinator, behind a lock held only for one DynamoDB call or one round.
+struct StageLeases {
+    coord: Arc<tokio::sync::Mutex<Coordinator>>,
+    /// Shards the last listing showed closed (resharded): their readers are told.
+    closed: Arc<Mutex<Vec<String>>>,
+    rounds: tokio::task::JoinHandle<()>,
+}
+
+impl StageLeases {
+    fn start(
+        coord: Coordinator,
+        kinesis: aws_sdk_kinesis::Client,
+        stream: StreamRef,
+        every: Duration,
+    ) -> StageLeases {
+        let coord = Arc::new(tokio::sync::Mutex::new(coord));
+        let closed = Arc::new(Mutex::new(Vec::new()));
+        let rounds = tokio::spawn({
+            let (coord, closed) = (coord.clone(), closed.clone());
+            async move {
+                loop {
+                    {
+                        let mut c = coord.lock().await;
+                        let (listed, ticked) = lease_round(&mut c, &kinesis, &stream).await;
+                        match listed {
+                            Ok(shards) => {
+                                *closed.lock().unwrap_or_else(|p| p.into_inner()) = shards
+                                    .into_iter()
+                                    .filter(|s| s.closed)
+                                    .map(|s| s.shard_id)
+                                    .collect();
+                            }
+                            Err(e) => tracing::warn!(
+                                "authwatch run: listing the shards of {}: {e}",
+                                stream.name()
+                            ),
+                        }
+                        if let Err(e) = ticked {
+                            tracing::warn!("authwatch run: lease round of {}: {e}", stream.name());
+                        }
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            }
+        });
+        StageLeases {
+            coord,
+            closed,
+            rounds,
+        }
+    }
+
+    fn closed(&self) -> Vec<String> {
+        self.closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops the rounds and gives every held lease up (a clean stop).
+    async fn release(&self) {
+        self.rounds.abort();
+        if let Err(e) = self.coord.lock().await.release_all().await {
+            tracing::warn!("authwatch run: releasing leases: {e}");
+        }
+    }
+}
+
 /// Stage 1's state: the source shards held and what they need.
 struct MatchStage {
-    coord: Coordinator,
+    leases: StageLeases,
     readers: BTreeMap<String, ShardReader>,
     last_checkpoint: HashMap<String, Instant>,
     prefilter: Option<Prefilter>,
@@ -209,7 +282,7 @@ struct WindowShard {
 
 /// Stage 2's state.
 struct WindowStage {
-    coord: Coordinator,
+    leases: StageLeases,
     shards: BTreeMap<String, WindowShard>,
     rules: Vec<Rule>,
     rule_index: HashMap<String, usize>,
@@ -305,14 +378,20 @@ async fn run_async(
         max_lateness: opts.max_lateness.max(WINDOW_FALLBACK_LATENESS),
         ..engine_config.clone()
     };
+    let tick_every = (opts.lease_timeout / 3).max(Duration::from_millis(500));
     let mut stage1 = opts.role.matches().then(|| {
         let engine = Engine::new(rules.clone(), engine_config.clone());
         MatchStage {
-            coord: Coordinator::new(
-                table.clone(),
-                source.name(),
-                &opts.replica_id,
-                opts.lease_timeout,
+            leases: StageLeases::start(
+                Coordinator::new(
+                    table.clone(),
+                    source.name(),
+                    &opts.replica_id,
+                    opts.lease_timeout,
+                ),
+                kinesis.clone(),
+                source.clone(),
+                tick_every,
             ),
             readers: BTreeMap::new(),
             last_checkpoint: HashMap::new(),
@@ -322,11 +401,16 @@ async fn run_async(
         }
     });
     let mut stage2 = opts.role.windows().then(|| WindowStage {
-        coord: Coordinator::new(
-            table.clone(),
-            matches.name(),
-            &opts.replica_id,
-            opts.lease_timeout,
+        leases: StageLeases::start(
+            Coordinator::new(
+                table.clone(),
+                matches.name(),
+                &opts.replica_id,
+                opts.lease_timeout,
+            ),
+            kinesis.clone(),
+            matches.clone(),
+            tick_every,
         ),
         shards: BTreeMap::new(),
         rule_index: rules
@@ -362,17 +446,18 @@ async fn run_async(
         tracing::info!("authwatch run: serving /healthz /readyz /metrics on http://{bound}");
     }
     let mut next_snapshot = Instant::now();
-    let tick_every = (opts.lease_timeout / 3).max(Duration::from_millis(500));
     let mut next_tick = Instant::now();
     let mut next_report = Instant::now() + Duration::from_secs(30);
     let mut shutdown = std::pin::pin!(crate::live::shutdown_signal());
     let mut result: Result<(), KinesisRunError> = Ok(());
 
     'run: loop {
+        // The steps follow the leases the rounds (on their own task) hold; checked every
+        // 200 ms, about five times a round.
         if Instant::now() >= next_tick {
-            next_tick = Instant::now() + tick_every;
+            next_tick = Instant::now() + Duration::from_millis(200);
             if let Some(st) = &mut stage1 {
-                if let Err(e) = lease_round_match(
+                follow_leases_match(
                     st,
                     &kinesis,
                     &source,
@@ -380,13 +465,10 @@ async fn run_async(
                     opts.poll_interval,
                     &mut counters,
                 )
-                .await
-                {
-                    tracing::warn!("authwatch run: match stage leases: {e}");
-                }
+                .await;
             }
             if let Some(st) = &mut stage2 {
-                if let Err(e) = lease_round_window(
+                if let Err(e) = follow_leases_window(
                     st,
                     &kinesis,
                     &matches,
@@ -488,15 +570,11 @@ async fn run_async(
         }
     }
     // A clean stop gives the leases up so others take them at once.
-    if let Some(st) = &mut stage1 {
-        if let Err(e) = st.coord.release_all().await {
-            tracing::warn!("authwatch run: releasing leases: {e}");
-        }
+    if let Some(st) = &stage1 {
+        st.leases.release().await;
     }
-    if let Some(st) = &mut stage2 {
-        if let Err(e) = st.coord.release_all().await {
-            tracing::warn!("authwatch run: releasing leases: {e}");
-        }
+    if let Some(st) = &stage2 {
+        st.leases.release().await;
     }
     sink.flush()?;
     tracing::info!(
@@ -556,18 +634,17 @@ fn start_of(l: &Lease, start_ms: i64) -> StartPosition {
     }
 }
 
-async fn lease_round_match(
+/// Stage 1 follows the leases held: a reader for each lease taken, none for one lost, and
+/// closed shards marked.
+async fn follow_leases_match(
     st: &mut MatchStage,
     kinesis: &aws_sdk_kinesis::Client,
     source: &StreamRef,
     start_ms: i64,
     poll: Duration,
     counters: &mut KinesisCounters,
-) -> Result<(), KinesisRunError> {
-    let (listed, ticked) = lease_round(&mut st.coord, kinesis, source).await;
-    // Whatever failed above, the readers follow the leases held: a lease taken in a round
-    // that then failed is read, and one lost is dropped.
-    let held = readable(&st.coord);
+) {
+    let held = readable(&*st.leases.coord.lock().await);
     st.readers.retain(|shard, _| {
         let keep = held.iter().any(|l| &l.shard_id == shard);
         if !keep {
@@ -595,14 +672,11 @@ async fn lease_round_match(
         );
         st.readers.insert(l.shard_id.clone(), reader);
     }
-    let shards = listed?;
-    for sh in shards.iter().filter(|s| s.closed) {
-        if let Some(r) = st.readers.get_mut(&sh.shard_id) {
+    for shard in st.leases.closed() {
+        if let Some(r) = st.readers.get_mut(&shard) {
             r.set_closed();
         }
     }
-    ticked?;
-    Ok(())
 }
 
 /// One lease round of a stage: list the shards, add lease items for new ones, renew, take
@@ -648,7 +722,7 @@ fn readable(coord: &Coordinator) -> Vec<Lease> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn lease_round_window(
+async fn follow_leases_window(
     st: &mut WindowStage,
     kinesis: &aws_sdk_kinesis::Client,
     matches: &StreamRef,
@@ -658,9 +732,7 @@ async fn lease_round_window(
     poll: Duration,
     counters: &mut KinesisCounters,
 ) -> Result<(), KinesisRunError> {
-    let (listed, ticked) = lease_round(&mut st.coord, kinesis, matches).await;
-    // As in stage 1, the engines follow the leases held whatever failed above.
-    let held = readable(&st.coord);
+    let held = readable(&*st.leases.coord.lock().await);
     st.shards.retain(|shard, _| {
         let keep = held.iter().any(|l| &l.shard_id == shard);
         if !keep {
@@ -696,8 +768,8 @@ async fn lease_round_window(
             let max_cooldown_ms = st.rules.iter().map(|r| r.cooldown).max().unwrap_or(0) / 1000;
             // Events re-read from `from` may be up to the lateness bound older; the ones
             // whose window ends inside an alert's cooldown need that alert.
-            st.coord
-                .table()
+            let table = st.leases.coord.lock().await.table().clone();
+            table
                 .sent_alerts(from - horizon_ms - max_cooldown_ms)
                 .await?
         }
@@ -730,13 +802,11 @@ async fn lease_round_window(
             },
         );
     }
-    let shards = listed?;
-    for sh in shards.iter().filter(|s| s.closed) {
-        if let Some(w) = st.shards.get_mut(&sh.shard_id) {
+    for shard in st.leases.closed() {
+        if let Some(w) = st.shards.get_mut(&shard) {
             w.reader.set_closed();
         }
     }
-    ticked?;
     Ok(())
 }
 
@@ -787,7 +857,7 @@ async fn match_step(
                 Err(e) => {
                     tracing::warn!("authwatch run: writing matches of {shard}: {e}; re-reading");
                     st.readers.remove(&shard);
-                    st.coord.forget(&shard);
+                    st.leases.coord.lock().await.forget(&shard);
                     continue;
                 }
             }
@@ -821,7 +891,12 @@ async fn checkpoint_match(
         .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
     if batch.ended {
         let finished = skip_transient(
-            st.coord.finish_shard(shard, read_through).await,
+            st.leases
+                .coord
+                .lock()
+                .await
+                .finish_shard(shard, read_through)
+                .await,
             "match stage: marking the end of",
             shard,
         )?;
@@ -829,24 +904,38 @@ async fn checkpoint_match(
         match finished {
             Some(()) => tracing::info!("authwatch run: match stage: {shard} read to its end"),
             // Whoever takes the lease next reads the shard to its end again.
-            None => st.coord.forget(shard),
+            None => st.leases.coord.lock().await.forget(shard),
         }
         return Ok(());
     }
     if !(due || !batch.records.is_empty() && batch.millis_behind > 0) {
         return Ok(());
     }
-    let seq = match (
-        batch.records.last(),
-        st.coord.held().find(|l| l.shard_id == shard),
-    ) {
-        (Some(r), _) => r.sequence.clone(),
-        (None, Some(l)) => l.checkpoint.clone().unwrap_or_default(),
-        (None, None) => return Ok(()),
+    let seq = match batch.records.last() {
+        Some(r) => r.sequence.clone(),
+        None => {
+            let held = st
+                .leases
+                .coord
+                .lock()
+                .await
+                .held()
+                .find(|l| l.shard_id == shard)
+                .map(|l| l.checkpoint.clone().unwrap_or_default());
+            match held {
+                Some(seq) => seq,
+                None => return Ok(()),
+            }
+        }
     };
     st.last_checkpoint.insert(shard.to_owned(), Instant::now());
     let written = skip_transient(
-        st.coord.checkpoint(shard, &seq, read_through).await,
+        st.leases
+            .coord
+            .lock()
+            .await
+            .checkpoint(shard, &seq, read_through)
+            .await,
         "match stage: checkpointing",
         shard,
     )?;
@@ -1091,14 +1180,19 @@ async fn window_step(
             // A resharded match stream: the children start with empty windows (a gap the
             // README names); the parent's alerts are all out.
             let finished = skip_transient(
-                st.coord.finish_shard(&shard, through).await,
+                st.leases
+                    .coord
+                    .lock()
+                    .await
+                    .finish_shard(&shard, through)
+                    .await,
                 "window stage: marking the end of",
                 &shard,
             )?;
             st.shards.remove(&shard);
             if finished.is_none() {
                 // Whoever takes the lease next reads the shard to its end again.
-                st.coord.forget(&shard);
+                st.leases.coord.lock().await.forget(&shard);
             }
             continue;
         }
@@ -1106,7 +1200,12 @@ async fn window_step(
             if let Some(seq) = ws.last_sequence.clone() {
                 ws.last_checkpoint = Instant::now();
                 let written = skip_transient(
-                    st.coord.checkpoint(&shard, &seq, through).await,
+                    st.leases
+                        .coord
+                        .lock()
+                        .await
+                        .checkpoint(&shard, &seq, through)
+                        .await,
                     "window stage: checkpointing",
                     &shard,
                 )?;

@@ -622,6 +622,71 @@ fn a_failover_inside_a_sustained_attack_pages_like_replay() {
     );
 }
 
+/// Every `PutRecords` of one replica throttled for 12 s (four lease timeouts) while attacks
+/// come in: its match step retries the write the whole time, but the lease rounds run on
+/// their own task, so it keeps its leases (no shard moves), and once the throttling ends the
+/// alerts are replay's, once each. Before, the rounds ran between steps: the stuck step
+/// stopped the renewals and the other replica took the leases after 3 s.
+#[test]
+fn a_throttled_match_stream_does_not_cost_a_replica_its_leases() {
+    let Some(ep) = emulator() else { return };
+    let s = setup(&ep, "throttle", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, stats, mix) = start_controlled_proxy(emulator_addr(&ep), 7);
+    // a runs both stages (so every source shard, and half the match shards, are its own);
+    // b the window stage only.
+    let a = s.replica(&format!("http://{proxy}"), dir.path(), "a", &[]);
+    let b = s.replica(&ep, dir.path(), "b", &["--role", "window"]);
+    let shares = || {
+        let o = s.owners(&ep);
+        let held = |stream: &str, id: &str| {
+            o.get(&(stream.to_owned(), id.to_owned()))
+                .copied()
+                .unwrap_or(0)
+        };
+        held(&s.source, "a") == 4 && held(&s.matches, "a") == 2 && held(&s.matches, "b") == 2
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), shares),
+        "{:?}",
+        s.owners(&ep)
+    );
+    *mix.only.lock().unwrap() = Some("Kinesis_20131202.PutRecords".into());
+    mix.set(100, 0, 0, 0, 0);
+    let mut noise = Noise::load();
+    let (start, end) = s.plant("throttle", 4, &mut noise);
+    let storm = std::time::Instant::now();
+    while storm.elapsed() < Duration::from_secs(12) {
+        assert!(
+            shares(),
+            "{:.1} s into the throttling: {:?}\n{}",
+            storm.elapsed().as_secs_f64(),
+            s.owners(&ep),
+            stderr_all(&[&a, &b])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let throttled = stats.throttled.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(throttled >= 5, "only {throttled} PutRecords throttled");
+    mix.set(0, 0, 0, 0, 0);
+    let got = s.settle_and_compare(
+        &ep,
+        dir.path(),
+        &[&a, &b],
+        &mut noise,
+        8,
+        (start, end),
+        "throttled match stream",
+    );
+    assert_eq!(got.len(), 8);
+    assert!(
+        !a.stderr_text().contains(" lost shardId-"),
+        "{}",
+        a.stderr_text()
+    );
+    eprintln!("{throttled} PutRecords throttled over 12 s; no lease moved; 8 alerts as replay");
+}
+
 /// A replica joining mid-run takes a fair share (half the shards of each stream) and the
 /// alerts are still those of replay, once each.
 #[test]

@@ -391,6 +391,9 @@ pub struct FaultMix {
     pub slow_pct: AtomicU64,
     pub slow_ms: AtomicU64,
     pub stop: AtomicBool,
+    /// When set, only requests whose text contains this (an `X-Amz-Target` such as
+    /// `Kinesis_20131202.PutRecords`) are subject to the mix; the rest are forwarded.
+    pub only: std::sync::Mutex<Option<String>>,
 }
 
 impl FaultMix {
@@ -484,9 +487,10 @@ fn start_proxy(
                 continue;
             }
             let fault = Fault::pick(rng.below(100), &mix);
+            let only = mix.only.lock().unwrap().clone();
             let st = st.clone();
             std::thread::spawn(move || {
-                let _ = proxy_one(conn, upstream, fault, &st);
+                let _ = proxy_one(conn, upstream, fault, only.as_deref(), &st);
             });
         }
     });
@@ -557,11 +561,22 @@ fn proxy_one(
     mut client: TcpStream,
     upstream: SocketAddr,
     fault: Fault,
+    only: Option<&str>,
     stats: &ProxyStats,
 ) -> std::io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let Some(request) = read_http_message(&mut client)? else {
         return Ok(());
+    };
+    let fault = match only {
+        Some(target)
+            if !request
+                .windows(target.len())
+                .any(|w| w == target.as_bytes()) =>
+        {
+            Fault::Forward
+        }
+        _ => fault,
     };
     let canned = |status: &str, kind: &str| {
         let body = format!(r#"{{"__type":"{kind}","message":"injected by the test proxy"}}"#);
