@@ -1270,10 +1270,16 @@ impl Engine {
                     self.config.sample_size,
                     state.first_time,
                 ) {
-                    if let Some(until) = sent_cooling(&state.sent_before, key, end, rule.cooldown) {
-                        // An earlier run sent this alert, or was cooling down here.
+                    if let Some((until, same)) =
+                        sent_cooling(&state.sent_before, key, end, rule.cooldown)
+                    {
                         ks.cooling_until = until;
                         self.stats.held_back_as_sent += 1;
+                        if same {
+                            // The earlier run fired this very alert and stopped here.
+                            break;
+                        }
+                        // It was cooling down here: the next end is judged as it judged it.
                         continue;
                     }
                     ks.cooling_until = end.saturating_add(rule.cooldown);
@@ -1326,21 +1332,22 @@ impl Engine {
     }
 }
 
-/// When an earlier run sent an alert for `key` at some `T <= end < T + cooldown`: the end of
-/// the latest such cooldown.
+/// When an earlier run sent an alert for `key` at `end` itself, or at some
+/// `T < end < T + cooldown`: the end of that cooldown, and whether it is the same alert.
 fn sent_cooling(
     sent_before: &HashMap<Key, SmallVec<[Micros; 2]>>,
     key: &Key,
     end: Micros,
     cooldown: Micros,
-) -> Option<Micros> {
+) -> Option<(Micros, bool)> {
     if sent_before.is_empty() {
         return None;
     }
     let ends = sent_before.get(key)?;
-    let latest = ends.get(ends.partition_point(|&t| t <= end).checked_sub(1)?)?;
+    let latest = *ends.get(ends.partition_point(|&t| t <= end).checked_sub(1)?)?;
     let until = latest.saturating_add(cooldown);
-    (end < until).then_some(until)
+    let same = latest == end;
+    (same || end < until).then_some((until, same))
 }
 
 fn hit_info(

@@ -12,7 +12,8 @@ pub const RUN_ACTIONS: &[&str] = &[
 
 /// `authwatch run --kinesis-stream` (issue #10), in addition to [`RUN_ACTIONS`]' SNS and
 /// CloudWatch: read the subscription stream, write and read the match stream, and keep the
-/// shard leases and delivered alert ids in the DynamoDB lease table (created if missing).
+/// shard leases in the DynamoDB lease table and the alert claims in the table beside it
+/// (both created if missing, the claims with a time to live).
 pub const KINESIS_RUN_ACTIONS: &[&str] = &[
     "kinesis:ListShards",
     "kinesis:GetShardIterator",

@@ -293,6 +293,8 @@ struct WindowStage {
     in_flight: Vec<(Alert, Instant)>,
     /// How old a `pending` claim must be to be taken over (the lease timeout).
     stale_ms: i64,
+    /// After a failed scan of the sent alerts: when to try again.
+    sent_scan_after: Option<Instant>,
 }
 
 /// Runs until SIGTERM/SIGINT (or a non-retryable error).
@@ -423,6 +425,7 @@ async fn run_async(
         last_low_read: None,
         in_flight: Vec::new(),
         stale_ms: i64::try_from(opts.lease_timeout.as_millis()).unwrap_or(i64::MAX),
+        sent_scan_after: None,
     });
 
     let mut counters = KinesisCounters::default();
@@ -624,13 +627,16 @@ fn snapshot(
     }
 }
 
-/// Where a shard taken over starts: after its checkpoint; a child of a split or merge (its
-/// parents read to their end) from its start; otherwise at `start_ms`.
+/// Where a shard taken over starts: after its checkpoint; a shard read before while it had
+/// no record at all, from the time it was read through (not `start_ms`: records that came
+/// while no replica ran would be skipped); a child of a split or merge (its parents read to
+/// their end) from its start; otherwise at `start_ms`.
 fn start_of(l: &Lease, start_ms: i64) -> StartPosition {
-    match &l.checkpoint {
-        Some(seq) => StartPosition::AfterSequence(seq.clone()),
-        None if !l.parents.is_empty() => StartPosition::TrimHorizon,
-        None => StartPosition::AtTimestamp(start_ms),
+    match (&l.checkpoint, l.read_through_ms) {
+        (Some(seq), _) => StartPosition::AfterSequence(seq.clone()),
+        (None, Some(t)) => StartPosition::AtTimestamp(t),
+        (None, None) if !l.parents.is_empty() => StartPosition::TrimHorizon,
+        (None, None) => StartPosition::AtTimestamp(start_ms),
     }
 }
 
@@ -751,8 +757,9 @@ async fn follow_leases_window(
     // again, out of phase, after a failover).
     let starts: Vec<(Lease, StartPosition, i64)> = new
         .into_iter()
-        .map(|l| match (&l.checkpoint, l.read_through_ms) {
-            (Some(_), Some(t)) => (
+        .map(|l| match l.read_through_ms {
+            // Read before (records or not): rebuild from the horizon before that.
+            Some(t) => (
                 l,
                 StartPosition::AtTimestamp(t - horizon_ms),
                 t - horizon_ms,
@@ -764,14 +771,24 @@ async fn follow_leases_window(
         })
         .collect();
     let sent = match starts.iter().map(|(_, _, from)| *from).min() {
+        // A failed scan is retried a little later (the engines wait for it: without the sent
+        // alerts they could page an attack again).
+        Some(_) if st.sent_scan_after.is_some_and(|t| Instant::now() < t) => return Ok(()),
         Some(from) => {
             let max_cooldown_ms = st.rules.iter().map(|r| r.cooldown).max().unwrap_or(0) / 1000;
             // Events re-read from `from` may be up to the lateness bound older; the ones
             // whose window ends inside an alert's cooldown need that alert.
             let table = st.leases.coord.lock().await.table().clone();
-            table
-                .sent_alerts(from - horizon_ms - max_cooldown_ms)
-                .await?
+            match table.sent_alerts(from - horizon_ms - max_cooldown_ms).await {
+                Ok(sent) => {
+                    st.sent_scan_after = None;
+                    sent
+                }
+                Err(e) => {
+                    st.sent_scan_after = Some(Instant::now() + Duration::from_secs(2));
+                    return Err(e.into());
+                }
+            }
         }
         None => Vec::new(),
     };
@@ -1288,6 +1305,20 @@ mod tests {
             read_through_ms: through,
             parents: parents.iter().map(|p| (*p).to_owned()).collect(),
         }
+    }
+
+    #[test]
+    fn a_shard_read_before_without_records_restarts_where_it_was_read_through() {
+        use StartPosition::*;
+        let at = |l: &Lease| start_of(l, 5_000);
+        assert_eq!(
+            at(&lease("a", &[], Some("42"), Some(9_000))),
+            AfterSequence("42".into())
+        );
+        // Quiet until the replica stopped: from its read-through, not from the new start.
+        assert_eq!(at(&lease("a", &[], None, Some(1_000))), AtTimestamp(1_000));
+        assert_eq!(at(&lease("a", &["p"], None, None)), TrimHorizon);
+        assert_eq!(at(&lease("a", &[], None, None)), AtTimestamp(5_000));
     }
 
     #[test]

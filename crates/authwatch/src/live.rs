@@ -414,10 +414,12 @@ async fn run_async(
                     .saturating_sub(opts.max_lateness),
             )?;
             // Alerts of this pass are delivered (and journalled): the position may move.
-            // Kept while a rebuild could re-read an event inside the alert's cooldown.
-            checkpoint.sent_alerts = ledger
-                .borrow_mut()
-                .prune_and_snapshot(oldest - horizon_ms - max_cooldown_ms);
+            // Kept while a rebuild could re-read an event inside the alert's cooldown (the
+            // rebuild re-reads by CloudWatch timestamp; an event's own time may be up to the
+            // lateness bound earlier).
+            checkpoint.sent_alerts = ledger.borrow_mut().prune_and_snapshot(
+                oldest - horizon_ms - max_cooldown_ms - opts.max_lateness / 1000,
+            );
             // A state directory that cannot be written (full disk, read-only volume) must
             // not blind the watcher: say so, count it, and keep alerting. Nothing is lost:
             // the position on disk stays where it was, so a restart re-reads from there.

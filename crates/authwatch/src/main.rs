@@ -454,8 +454,8 @@ struct RunArgs {
     /// matches are routed by rule and key, so one replica owns each key's window.
     #[arg(long, value_name = "NAME|ARN", requires = "kinesis_stream")]
     match_stream: Option<String>,
-    /// DynamoDB table of shard leases and delivered alert ids (created if missing; default
-    /// authwatch-<kinesis stream name>).
+    /// DynamoDB table of shard leases (created if missing; default authwatch-<kinesis stream
+    /// name>); claimed and delivered alerts are kept beside it in TABLE-alerts.
     #[arg(long, value_name = "TABLE", requires = "kinesis_stream")]
     lease_table: Option<String>,
     /// Which stages this replica runs: `all`, `match` (source → match stream) or `window`

@@ -616,6 +616,19 @@ fn a_failover_inside_a_sustained_attack_pages_like_replay() {
         "sustained attack",
     );
     assert_eq!(got.len(), expected);
+    // The survivor rebuilt the key's window told the dead one's pages, and paged after it.
+    let survivor = if victim == "a" { &b } else { &a };
+    assert!(
+        survivor
+            .stderr_text()
+            .contains("the engine keeps the cooldowns of"),
+        "{}",
+        survivor.stderr_text()
+    );
+    assert!(
+        !alerts(&survivor.output).is_empty(),
+        "the survivor sent no page after the kill"
+    );
     eprintln!(
         "killed {victim} after it sent {sent} pages; {} pages in all, the same as replay",
         got.len()
@@ -730,9 +743,17 @@ fn a_replica_joining_mid_run_takes_a_fair_share() {
     // waiting for them to expire (3 s); nothing is sent again.
     let mut b = b;
     let b_stderr = b.stderr.clone();
+    let stopping = std::time::Instant::now();
     let status = sigterm_and_wait(&mut b.child, Duration::from_secs(20), || {
         std::fs::read_to_string(&b_stderr).unwrap_or_default()
     });
+    // Well inside the 3 s after which a would take an unrenewed lease anyway, so the check
+    // below can tell a lease given up from one that expired.
+    assert!(
+        stopping.elapsed() < Duration::from_millis(2_500),
+        "b took {:?} to stop",
+        stopping.elapsed()
+    );
     assert!(status.success(), "{status}\n{}", b.stderr_text());
     assert!(
         // "SIGTERM: stopping" between steps, "… stopping after the current step" inside one.
@@ -752,6 +773,11 @@ fn a_replica_joining_mid_run_takes_a_fair_share() {
         "{:?}",
         s.owners(&ep)
     );
+    // a rebuilt b's windows: give it time to show an alert sent twice.
+    for _ in 0..6 {
+        s.tick(&mut noise);
+        std::thread::sleep(Duration::from_millis(500));
+    }
     unique_ids(&union(&[&a, &b]));
 }
 

@@ -30,6 +30,8 @@ pub struct SentLedger {
     ids: HashMap<String, (i64, Option<FiredAlert>)>,
     journal_path: PathBuf,
     journal: Option<File>,
+    /// The journal ends in a line cut short by a crash: the next record starts a new line.
+    torn_tail: bool,
 }
 
 impl SentLedger {
@@ -41,8 +43,12 @@ impl SentLedger {
             .iter()
             .map(|s| (s.id.clone(), (s.window_end_ms, s.fired.clone())))
             .collect();
-        match fs::read_to_string(&journal_path) {
-            Ok(text) => {
+        let mut torn_tail = false;
+        // Bytes, not text: a line cut inside a multi-byte character must not stop the run.
+        match fs::read(&journal_path) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                torn_tail = !text.is_empty() && !text.ends_with('\n');
                 // `<id> <window_end ms> <fired, JSON>` (earlier versions: no JSON). A line cut
                 // short by a crash before its window_end is ignored: the alert it names was
                 // being recorded, so at worst it is delivered once more. One cut inside the
@@ -65,6 +71,7 @@ impl SentLedger {
             ids,
             journal_path,
             journal: None,
+            torn_tail,
         })
     }
 
@@ -91,6 +98,10 @@ impl SentLedger {
             );
         }
         if let Some(f) = &mut self.journal {
+            if self.torn_tail {
+                f.write_all(b"\n")?;
+                self.torn_tail = false;
+            }
             writeln!(f, "{} {end_ms} {fired_json}", alert.alert_id)?;
             f.sync_data()?;
         }
@@ -117,6 +128,7 @@ impl SentLedger {
     /// Empties the journal once a checkpoint holding its ids is durable.
     pub fn clear_journal(&mut self) -> io::Result<()> {
         self.journal = None;
+        self.torn_tail = false;
         match fs::remove_file(&self.journal_path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -240,18 +252,47 @@ mod tests {
         )
         .unwrap();
         drop(f);
-        let ledger = SentLedger::open(dir.path(), &[]).unwrap();
+        let mut ledger = SentLedger::open(dir.path(), &[]).unwrap();
         assert!(ledger.contains("a1") && ledger.contains("old") && ledger.contains("torn"));
         assert!(!ledger.contains("short"));
         assert_eq!(ledger.len(), 3);
-        let fired: Vec<&FiredAlert> = ledger.fired().collect();
+        // The next record after a restart starts its own line: it is not glued to the torn one.
+        ledger
+            .record(&alert("next", "bob", 1_700_000_000_003_000))
+            .unwrap();
+        drop(ledger);
+        let ledger = SentLedger::open(dir.path(), &[]).unwrap();
+        assert!(ledger.contains("next"), "{ledger:?}");
+        assert_eq!(ledger.len(), 4);
+        let mut fired: Vec<&FiredAlert> = ledger.fired().collect();
+        fired.sort_by_key(|f| f.window_end_us);
         assert_eq!(
-            fired,
-            [&FiredAlert {
+            fired[0],
+            &FiredAlert {
                 rule: "r".into(),
                 key: vec!["198.51.100.7".into(), hostile.into()],
                 window_end_us: 1_700_000_000_000_123,
-            }]
+            }
+        );
+        assert_eq!(fired.len(), 2);
+    }
+
+    #[test]
+    fn a_journal_cut_inside_a_multibyte_character_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes =
+            b"a1 1700000000000 {\"rule\":\"r\",\"key\":[\"\xc3\xa9\"],\"window_end_us\":1}\n"
+                .to_vec();
+        bytes.extend_from_slice(b"a2 1700000000001 {\"rule\":\"r\",\"key\":[\"\xc3");
+        std::fs::write(dir.path().join(JOURNAL_FILE), bytes).unwrap();
+        let ledger = SentLedger::open(dir.path(), &[]).unwrap();
+        assert!(ledger.contains("a1") && ledger.contains("a2"));
+        assert_eq!(
+            ledger
+                .fired()
+                .map(|f| f.key[0].as_str())
+                .collect::<Vec<_>>(),
+            ["é"]
         );
     }
 
