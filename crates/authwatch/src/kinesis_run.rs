@@ -41,10 +41,6 @@ use crate::live::{StartAt, AUDIT_STREAM_PREFIX};
 use crate::service::ServiceMetrics;
 use crate::sinks::AlertSink;
 
-/// How far behind the newest match a window engine counts by itself when the source low
-/// mark stops moving (every source shard's lease unread that long): 10 minutes, in µs.
-const WINDOW_FALLBACK_LATENESS: Micros = 10 * 60 * 1_000_000;
-
 /// How long SIGTERM waits for the step under way (a batch matched and written, or alerts
 /// claimed, delivered and marked sent) before the leases are given up: well inside the 30 s
 /// Kubernetes and ECS give a container to stop.
@@ -91,6 +87,9 @@ pub struct KinesisOptions {
     pub start_at: Option<StartAt>,
     /// `--max-lateness` (µs).
     pub max_lateness: Micros,
+    /// `--low-mark-fallback` (µs): how far behind the newest match a window engine counts
+    /// by itself when the source low mark stops moving (default 10 minutes).
+    pub low_mark_fallback: Micros,
     /// `--poll-interval`: how often a caught-up shard is asked again.
     pub poll_interval: Duration,
     /// `--http-addr`: serve `/healthz`, `/readyz`, `/metrics` here.
@@ -349,8 +348,13 @@ async fn run_async(
         .map(|r| r.window.saturating_add(r.cooldown))
         .max()
         .unwrap_or(0);
+    // A window engine holds a match back until the source low mark passes it, or, while the
+    // low mark stalls, up to its fallback lateness behind the newest match: a rebuild must
+    // reach back past the oldest match a dead replica may still have held, or that match is
+    // lost with it (its shard's checkpoint was already past it).
+    let held_back = opts.max_lateness.max(opts.low_mark_fallback);
     let horizon_ms = memory / 1000
-        + opts.max_lateness / 1000
+        + held_back / 1000
         + i64::try_from(opts.lease_timeout.as_millis()).unwrap_or(0);
     let start_ms = {
         let now = now_ms();
@@ -377,7 +381,7 @@ async fn run_async(
     // matches from a slow or failed-over source shard are then still counted in time order.
     // Their own bound is only a fallback for a low mark that stops moving.
     let window_config = EngineConfig {
-        max_lateness: opts.max_lateness.max(WINDOW_FALLBACK_LATENESS),
+        max_lateness: held_back,
         ..engine_config.clone()
     };
     let tick_every = (opts.lease_timeout / 3).max(Duration::from_millis(500));

@@ -465,6 +465,11 @@ struct RunArgs {
     /// A shard lease not renewed for this long is taken over by another replica.
     #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
     lease_timeout: i64,
+    /// How far behind the newest match a window replica counts by itself while the source
+    /// shards' low mark does not move (a source shard unread that long). A failover rebuilds
+    /// windows from this much further back, so it is also the extra re-read of a takeover.
+    #[arg(long, default_value = "10m", value_parser = parse_duration_arg)]
+    low_mark_fallback: i64,
     /// This replica's name in the lease table (default: host name, process id and start time).
     #[arg(long, value_name = "ID")]
     replica_id: Option<String>,
@@ -963,6 +968,7 @@ fn run_kinesis(
         region: args.region.clone(),
         start_at: args.start_at,
         max_lateness: args.max_lateness,
+        low_mark_fallback: args.low_mark_fallback,
         poll_interval: micros_to_duration(args.poll_interval),
         http_addr: match parse_http_addr(&args.http_addr) {
             Ok(a) => a,
