@@ -322,26 +322,42 @@ impl LeaseTable {
 
     /// Every lease of `stream` (a `Scan` of the table, following pages).
     pub async fn leases(&self, stream: &str) -> Result<Vec<Lease>, LeaseError> {
+        let items = self
+            .scan_all(
+                &self.table,
+                "begins_with(leaseKey, :p)",
+                &[(":p", s(format!("lease#{stream}#")))],
+            )
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(Lease::from_item)
+            .filter(|l| l.stream == stream)
+            .collect())
+    }
+
+    /// The items of `table` that pass `filter` (a consistent `Scan`, following pages).
+    async fn scan_all(
+        &self,
+        table: &str,
+        filter: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, LeaseError> {
         let mut out = Vec::new();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
-            let resp = self
+            let mut req = self
                 .client
                 .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(leaseKey, :p)")
-                .expression_attribute_values(":p", s(format!("lease#{stream}#")))
+                .table_name(table)
+                .filter_expression(filter)
                 .set_exclusive_start_key(start.take())
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| err("Scan", &e))?;
-            out.extend(
-                resp.items()
-                    .iter()
-                    .filter_map(Lease::from_item)
-                    .filter(|l| l.stream == stream),
-            );
+                .consistent_read(true);
+            for (name, value) in values {
+                req = req.expression_attribute_values(*name, value.clone());
+            }
+            let resp = req.send().await.map_err(|e| err("Scan", &e))?;
+            out.extend(resp.items().iter().cloned());
             match resp.last_evaluated_key() {
                 Some(k) if !k.is_empty() => start = Some(k.clone()),
                 _ => return Ok(out),
@@ -511,30 +527,20 @@ impl LeaseTable {
     /// (`authwatch_rules::Engine::remember_sent`). Pending claims are left out on purpose:
     /// if their replica died, the rebuilt engine must fire them again to deliver them.
     pub async fn sent_alerts(&self, min_end_ms: i64) -> Result<Vec<FiredAlert>, LeaseError> {
-        let mut out = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let resp = self
-                .client
-                .scan()
-                .table_name(&self.claims)
-                .filter_expression("alertState = :sent AND windowEndMs >= :min")
-                .expression_attribute_values(":sent", s("sent"))
-                .expression_attribute_values(":min", n(min_end_ms))
-                .set_exclusive_start_key(start.take())
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| err("Scan", &e))?;
-            out.extend(resp.items().iter().filter_map(|item| {
+        let items = self
+            .scan_all(
+                &self.claims,
+                "alertState = :sent AND windowEndMs >= :min",
+                &[(":sent", s("sent")), (":min", n(min_end_ms))],
+            )
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
                 let json = item.get("fired")?.as_s().ok()?;
                 serde_json::from_str::<FiredAlert>(json).ok()
-            }));
-            match resp.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok(out),
-            }
-        }
+            })
+            .collect())
     }
 }
 

@@ -70,6 +70,12 @@ fn run_with(
         },
     );
     let mut alerts = Vec::new();
+    feed(&mut engine, events, &mut alerts);
+    (alerts, engine.stats().clone())
+}
+
+/// Every event to `engine` as one API server's audit log line, then the end of input.
+fn feed(engine: &mut Engine, events: &[Ev], alerts: &mut Vec<Alert>) {
     for e in events {
         let line = e.line();
         let rec = RawRecord {
@@ -78,10 +84,9 @@ fn run_with(
             log_group: Some("/aws/eks/prod/cluster"),
             ..Default::default()
         };
-        visit_events(&rec, &mut |v| engine.observe(&v.unwrap(), &mut alerts));
+        visit_events(&rec, &mut |v| engine.observe(&v.unwrap(), alerts));
     }
-    engine.finish(&mut alerts);
-    (alerts, engine.stats().clone())
+    engine.finish(alerts);
 }
 
 fn run(rules_yaml: &str, events: &[Ev]) -> Vec<Alert> {
@@ -740,19 +745,6 @@ fn run_with_a_restart(rules_yaml: &str, events: &[Ev], cut: usize, remember: boo
     let rules = load_rules("test.yaml", rules_yaml).unwrap();
     let horizon = rules.iter().map(|r| r.window + r.cooldown).max().unwrap();
     let cooldown = rules.iter().map(|r| r.cooldown).max().unwrap();
-    let feed = |engine: &mut Engine, evs: &[Ev], alerts: &mut Vec<Alert>| {
-        for e in evs {
-            let line = e.line();
-            let rec = RawRecord {
-                message: line.as_bytes(),
-                stream: Some("kube-apiserver-audit-0"),
-                log_group: Some("/aws/eks/prod/cluster"),
-                ..Default::default()
-            };
-            visit_events(&rec, &mut |v| engine.observe(&v.unwrap(), alerts));
-        }
-        engine.finish(alerts);
-    };
     let mut first = Engine::new(rules.clone(), EngineConfig::default());
     let mut sent = Vec::new();
     feed(&mut first, &events[..cut], &mut sent);
