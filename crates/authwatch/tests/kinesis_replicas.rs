@@ -701,6 +701,63 @@ fn a_throttled_match_stream_does_not_cost_a_replica_its_leases() {
     eprintln!("{throttled} PutRecords throttled over 12 s; no lease moved; 8 alerts as replay");
 }
 
+/// SIGTERM while a step is stuck (every `PutRecords` of the replica that matches is
+/// throttled): the replica waits for the step up to its 15 s grace, then stops anyway, says
+/// so, and gives its leases up; the other replica reads its shards from their checkpoints,
+/// and once the throttling ends the alerts are replay's, once each.
+#[test]
+fn sigterm_inside_a_stuck_step_waits_its_grace_then_hands_over_and_loses_nothing() {
+    let Some(ep) = emulator() else { return };
+    let s = setup(&ep, "stuck", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _stats, mix) = start_controlled_proxy(emulator_addr(&ep), 11);
+    let mut a = s.replica(&format!("http://{proxy}"), dir.path(), "a", &[]);
+    assert!(
+        s.balanced(&ep, &["a"], 4, Duration::from_secs(20)),
+        "{:?}",
+        s.owners(&ep)
+    );
+    *mix.only.lock().unwrap() = Some("Kinesis_20131202.PutRecords".into());
+    mix.set(100, 0, 0, 0, 0);
+    let mut noise = Noise::load();
+    let (start, end) = s.plant("stuck", 3, &mut noise);
+    // a is now retrying the match records of those attacks.
+    std::thread::sleep(Duration::from_secs(2));
+    let a_stderr = a.stderr.clone();
+    let stopping = std::time::Instant::now();
+    let status = sigterm_and_wait(&mut a.child, Duration::from_secs(30), || {
+        std::fs::read_to_string(&a_stderr).unwrap_or_default()
+    });
+    let took = stopping.elapsed();
+    let text = a.stderr_text();
+    assert!(status.success(), "{status}\n{text}");
+    assert!(
+        text.contains("stopping after the current step") && text.contains("did not end within"),
+        "{text}"
+    );
+    assert!(
+        took >= Duration::from_secs(14) && took < Duration::from_secs(25),
+        "stopped {took:?} after SIGTERM"
+    );
+    let owners = s.owners(&ep);
+    assert!(
+        owners.keys().all(|(_, owner)| owner != "a"),
+        "a still owns leases after it stopped: {owners:?}"
+    );
+    mix.set(0, 0, 0, 0, 0);
+    let b = s.replica(&ep, dir.path(), "b", &[]);
+    let got = s.settle_and_compare(
+        &ep,
+        dir.path(),
+        &[&a, &b],
+        &mut noise,
+        6,
+        (start, end),
+        "SIGTERM inside a stuck step",
+    );
+    assert_eq!(got.len(), 6);
+}
+
 /// A replica joining mid-run takes a fair share (half the shards of each stream) and the
 /// alerts are still those of replay, once each.
 #[test]
