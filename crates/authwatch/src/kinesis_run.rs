@@ -342,12 +342,7 @@ async fn run_async(
     let table = LeaseTable::new(aws_sdk_dynamodb::Client::new(&conf), &table_name);
     retrying!("creating the lease table", table.ensure())?;
 
-    let max_window = rules.iter().map(|r| r.window).max().unwrap_or(0);
-    let memory = rules
-        .iter()
-        .map(|r| r.window.saturating_add(r.cooldown))
-        .max()
-        .unwrap_or(0);
+    let (max_window, memory) = crate::live::rule_spans(&rules);
     // A window engine holds a match back until the source low mark passes it, or, while the
     // low mark stalls, up to its fallback lateness behind the newest match: a rebuild must
     // reach back past the oldest match a dead replica may still have held, or that match is
@@ -655,18 +650,7 @@ async fn follow_leases_match(
     counters: &mut KinesisCounters,
 ) {
     let held = readable(&*st.leases.coord.lock().await);
-    st.readers.retain(|shard, _| {
-        let keep = held.iter().any(|l| &l.shard_id == shard);
-        if !keep {
-            tracing::info!("authwatch run: match stage: lost {shard}");
-            counters.leases_lost += 1;
-        }
-        keep
-    });
-    for l in held {
-        if st.readers.contains_key(&l.shard_id) {
-            continue;
-        }
+    for l in follow_held(&mut st.readers, held, "match", counters) {
         tracing::info!(
             "authwatch run: match stage: took {} (checkpoint {:?})",
             l.shard_id,
@@ -726,6 +710,27 @@ async fn lease_round(
     (listed, ticked)
 }
 
+/// Drops from `by_shard` (a stage's readers or engines) the shards no longer held, counting
+/// each loss, and returns the held leases it has nothing for yet.
+fn follow_held<V>(
+    by_shard: &mut BTreeMap<String, V>,
+    held: Vec<Lease>,
+    stage: &str,
+    counters: &mut KinesisCounters,
+) -> Vec<Lease> {
+    by_shard.retain(|shard, _| {
+        let keep = held.iter().any(|l| &l.shard_id == shard);
+        if !keep {
+            tracing::info!("authwatch run: {stage} stage: lost {shard}");
+            counters.leases_lost += 1;
+        }
+        keep
+    });
+    held.into_iter()
+        .filter(|l| !by_shard.contains_key(&l.shard_id))
+        .collect()
+}
+
 /// The leases held that still have records to read (not read to their end).
 fn readable(coord: &Coordinator) -> Vec<Lease> {
     coord.held().filter(|l| !l.ended()).cloned().collect()
@@ -743,18 +748,7 @@ async fn follow_leases_window(
     counters: &mut KinesisCounters,
 ) -> Result<(), KinesisRunError> {
     let held = readable(&*st.leases.coord.lock().await);
-    st.shards.retain(|shard, _| {
-        let keep = held.iter().any(|l| &l.shard_id == shard);
-        if !keep {
-            tracing::info!("authwatch run: window stage: lost {shard}");
-            counters.leases_lost += 1;
-        }
-        keep
-    });
-    let new: Vec<Lease> = held
-        .into_iter()
-        .filter(|l| !st.shards.contains_key(&l.shard_id))
-        .collect();
+    let new = follow_held(&mut st.shards, held, "window", counters);
     // Rebuild the windows: read again from the checkpoint's arrival time minus the horizon;
     // alerts already sent are dropped by the claim in the lease table, and the engine is told
     // them so that it keeps the cooldowns they started (else a sustained attack is paged

@@ -164,7 +164,7 @@ fn now_ms() -> i64 {
 }
 
 /// The longest `window` and the longest `window + cooldown` of `rules`, µs.
-fn rule_spans(rules: &[Rule]) -> (Micros, Micros) {
+pub(crate) fn rule_spans(rules: &[Rule]) -> (Micros, Micros) {
     let window = rules.iter().map(|r| r.window).max().unwrap_or(0);
     let memory = rules
         .iter()

@@ -554,12 +554,7 @@ fn kill_9_of_a_replica_loses_no_alert_and_sends_none_twice() {
 fn a_failover_inside_a_sustained_attack_pages_like_replay() {
     let Some(ep) = emulator() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("sustained.yaml");
-    std::fs::write(
-        &rules,
-        "id: sustained-denials\nseverity: high\nmatch: {responseStatus.code: 403}\ngroup_by: [sourceIPs]\nwindow: 3s\nthreshold: 3\ncooldown: 5s\n",
-    )
-    .unwrap();
+    let rules = sustained_rule(dir.path());
     let mut s = setup(&ep, "sustain", 4);
     s.rules = Some(rules);
     let short = ["--low-mark-fallback", "10s"];

@@ -307,12 +307,7 @@ fn restarts_inside_a_sustained_attack_page_exactly_like_one_run() {
     let emu = Emu::new(&ep);
     let g = group_with_streams(&emu, "sustained", &[S1]);
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("sustained.yaml");
-    std::fs::write(
-        &rules,
-        "id: sustained-denials\nseverity: high\nmatch: {responseStatus.code: 403}\ngroup_by: [sourceIPs]\nwindow: 3s\nthreshold: 3\ncooldown: 5s\n",
-    )
-    .unwrap();
+    let rules = sustained_rule(dir.path());
     let rules = rules.to_str().unwrap();
     let extra = ["--rules", rules, "--lookback", "1s", "--max-lateness", "2s"];
     let (ref_out, vic_out) = (dir.path().join("ref.jsonl"), dir.path().join("vic.jsonl"));

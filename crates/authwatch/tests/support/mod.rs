@@ -777,3 +777,16 @@ pub async fn topic_with_queue(
         .unwrap();
     (topic, url)
 }
+
+/// Writes, in `dir`, the rule of the sustained-attack restart and failover tests: 3 denials
+/// from one address in 3 s, cooling down 5 s (short, so an attack outlasts a rebuild's
+/// horizon within a test). Returns its path.
+pub fn sustained_rule(dir: &Path) -> PathBuf {
+    let path = dir.join("sustained.yaml");
+    std::fs::write(
+        &path,
+        "id: sustained-denials\nseverity: high\nmatch: {responseStatus.code: 403}\ngroup_by: [sourceIPs]\nwindow: 3s\nthreshold: 3\ncooldown: 5s\n",
+    )
+    .unwrap();
+    path
+}
