@@ -1,6 +1,6 @@
 //! Real audit events from the shared corpus (../shared/corpus/README.md), with exact counts.
 
-use authwatch::input::FormatChoice;
+use authwatch::sources::files::FormatChoice;
 use authwatch_tests::{corpus, rules, run};
 
 fn alerts_of<'a>(
@@ -99,7 +99,7 @@ fn hkerma_startup_noise_counts_each_request_once() {
 }
 
 #[test]
-fn hkerma_raises_no_alert_with_the_bundled_rules() {
+fn hkerma_raises_only_the_webhook_alerts_with_the_bundled_rules() {
     let bundled = authwatch::rule_files::load(&[]).expect("bundled rules load");
     let (alerts, s) = run(
         &[corpus("hkerma_audit_logs.jsonl.gz")],
@@ -107,11 +107,73 @@ fn hkerma_raises_no_alert_with_the_bundled_rules() {
         bundled,
         None,
     );
-    assert!(
-        alerts.is_empty(),
-        "start-up noise must stay under the bundled thresholds: {alerts:?}"
-    );
-    assert_eq!(s.events_matched, 71);
+    // The denial rules: start-up noise stays under their thresholds. The posture rule
+    // admission-webhook-changed (issue #17) rightly fires once per webhook configuration:
+    // this cluster installs Gatekeeper, kube-prometheus-stack, ingress-nginx and cert-manager
+    // during the capture. Gatekeeper's own service account updates its two configurations
+    // (lines 501, 502; again at 535-552, in the cooldown), then kubernetes-admin creates the
+    // others with Helm (lines 3862, 4042, 7209, 8817, 8819); the later updates by each
+    // chart's own service account (caBundle injection: lines 5407, 5409, 8012, 11542-11547)
+    // fall in those objects' cooldown. 18 events in all (the 89 matched below less the 71
+    // denials).
+    let got: Vec<(String, String, String, String)> = alerts
+        .iter()
+        .map(|a| {
+            (
+                a.rule.clone(),
+                a.group.0[0].1.clone(),
+                a.group.0[1].1.clone(),
+                authwatch_event::time::format_millis(a.window_end),
+            )
+        })
+        .collect();
+    let want = [
+        (
+            "validatingwebhookconfigurations",
+            "gatekeeper-validating-webhook-configuration",
+            "2023-01-27T18:28:09.610Z",
+        ),
+        (
+            "mutatingwebhookconfigurations",
+            "gatekeeper-mutating-webhook-configuration",
+            "2023-01-27T18:28:09.620Z",
+        ),
+        (
+            "mutatingwebhookconfigurations",
+            "my-kube-prometheus-stack-admission",
+            "2023-01-27T18:29:08.268Z",
+        ),
+        (
+            "validatingwebhookconfigurations",
+            "my-kube-prometheus-stack-admission",
+            "2023-01-27T18:29:09.548Z",
+        ),
+        (
+            "validatingwebhookconfigurations",
+            "my-ingress-nginx-admission",
+            "2023-01-27T18:29:39.313Z",
+        ),
+        (
+            "mutatingwebhookconfigurations",
+            "my-cert-manager-webhook",
+            "2023-01-27T18:29:55.572Z",
+        ),
+        (
+            "validatingwebhookconfigurations",
+            "my-cert-manager-webhook",
+            "2023-01-27T18:29:55.584Z",
+        ),
+    ]
+    .map(|(r, n, t)| {
+        (
+            "admission-webhook-changed".to_string(),
+            r.to_string(),
+            n.to_string(),
+            t.to_string(),
+        )
+    });
+    assert_eq!(got, want);
+    assert_eq!(s.events_matched, 71 + 18);
     // No sourceIPs in this data set (Logstash dropped them), and no host: those rules cannot
     // count. 71 (denied-by-source-ip) + 71 (denied-by-host) + 56 (enumeration-by-source-ip:
     // the 71 less 15 by the scheduler and controller manager, which it excludes).

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use authwatch::generate::{generate, stream_name, GenEvent, GenOptions};
-use authwatch::input::FormatChoice;
+use authwatch::sources::files::FormatChoice;
 use authwatch_event::framing::Format;
 use authwatch_event::time::{format_millis, parse_timestamp};
 use authwatch_tests::{here, lines, run};

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use authwatch::input::FormatChoice;
+use authwatch::sources::files::FormatChoice;
 use authwatch_tests::run;
 
 fn denied(i: usize, ips: &str) -> String {

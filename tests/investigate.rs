@@ -13,13 +13,14 @@ use authwatch_event::time::{format_millis, parse_timestamp};
 use authwatch_tests::corpus;
 use serde_json::Value;
 
-const DIMS: [&str; 6] = [
+const DIMS: [&str; 7] = [
     "host",
     "sourceIPs",
     "user.username",
     "userAgent",
     "verb+resource",
     "responseStatus.code",
+    "user.extra.canonicalArn",
 ];
 
 /// Per dimension: value → (count, first, last).
@@ -89,13 +90,17 @@ impl Brute {
             (Some(v), None) => Some(v.to_owned()),
             (None, None) => None,
         };
-        let values: [Vec<String>; 6] = [
+        // The IAM principal: canonicalArn, else arn (EKS writes each as a list of one).
+        let extra = &ev["user"]["extra"];
+        let iam = s(&extra["canonicalArn"][0]).or_else(|| s(&extra["arn"][0]));
+        let values: [Vec<String>; 7] = [
             host.into_iter().collect(),
             ips,
             s(&ev["user"]["username"]).into_iter().collect(),
             s(&ev["userAgent"]).into_iter().collect(),
             vr.into_iter().collect(),
             vec![code.to_string()],
+            iam.into_iter().collect(),
         ];
         for (d, vals) in DIMS.iter().zip(values) {
             for v in vals {
@@ -203,6 +208,61 @@ fn corpus_key_drill_down_counts_one_user() {
     assert_eq!(users.values[0].value, *user);
     assert!(!report.sample_audit_ids.is_empty());
     assert_eq!(report.key.as_ref().map(|k| k.value.as_str()), Some(&**user));
+}
+
+/// EKS events with the IAM principal in `user.extra`: the dimension `user.extra.canonicalArn`
+/// equals the brute force, and `--key user.extra.canonicalArn=...` drills into one role.
+#[test]
+fn the_iam_principal_is_a_dimension_and_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eks.jsonl");
+    let mut lines = Vec::new();
+    for i in 0..30 {
+        // Three roles (one written only as an assumed-role `arn`), two users each; some
+        // events from a service account token, with no IAM principal.
+        let extra = match i % 4 {
+            0 => r#","extra":{"canonicalArn":["arn:aws:iam::111122223333:role/ops"],"arn":["arn:aws:sts::111122223333:assumed-role/ops/s1"],"accessKeyId":["ASIA1"]}"#.to_owned(),
+            1 => r#","extra":{"canonicalArn":["arn:aws:iam::111122223333:role/dev"]}"#.to_owned(),
+            2 => r#","extra":{"arn":["arn:aws:sts::111122223333:assumed-role/ci/build"]}"#.to_owned(),
+            _ => String::new(),
+        };
+        lines.push(format!(
+            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"iam-{i}","verb":"list","requestURI":"/api/v1/secrets","user":{{"username":"u{}"{extra}}},"sourceIPs":["198.51.100.{}"],"objectRef":{{"resource":"secrets"}},"responseStatus":{{"code":403}},"requestReceivedTimestamp":"2026-11-20T10:00:{:02}.000Z"}}"#,
+            i % 2,
+            i % 5,
+            i
+        ));
+    }
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let mut brute = Brute::default();
+    brute.file(&path);
+    let p = path.display().to_string();
+    let report = run(&[&p, "--top", "1000"]);
+    assert_exact(&report, &brute, "eks.jsonl");
+    let iam = report
+        .dimensions
+        .iter()
+        .find(|d| d.name == "user.extra.canonicalArn")
+        .expect("the IAM principal dimension");
+    assert_eq!(iam.distinct, 3);
+    assert_eq!(iam.values[0].count, 8, "{:?}", iam.values);
+    // Drill into the role: only its events.
+    let role = "arn:aws:iam::111122223333:role/ops";
+    let report = run(&[
+        &p,
+        "--key",
+        &format!("user.extra.canonicalArn={role}"),
+        "--top",
+        "100",
+    ]);
+    assert_eq!(report.totals.events, 8);
+    let iam = report
+        .dimensions
+        .iter()
+        .find(|d| d.name == "user.extra.canonicalArn")
+        .unwrap();
+    assert_eq!(iam.values.len(), 1);
+    assert_eq!(iam.values[0].value, role);
 }
 
 fn generated(dir: &Path, format: GenFormat, events: u64, seed: u64) -> (std::path::PathBuf, Brute) {

@@ -3,9 +3,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use authwatch::input::FormatChoice;
 use authwatch::replay::{replay, ReplayOptions};
 use authwatch::sinks::AlertSink;
+use authwatch::sources::files::FormatChoice;
 use authwatch::summary::Summary;
 use authwatch_rules::{load_rules, Alert, Rule};
 
@@ -124,4 +124,39 @@ pub fn run_with(
 /// Alerts as JSON lines, for comparisons that show a readable diff.
 pub fn lines(alerts: &[Alert]) -> Vec<String> {
     alerts.iter().map(Alert::to_json_line).collect()
+}
+
+/// One alert as the posture tests compare them: (rule, key values, window_end).
+pub type Fired = (String, Vec<String>, String);
+
+/// The alerts as [`Fired`], sorted.
+pub fn fired(alerts: &[Alert]) -> Vec<Fired> {
+    let mut v: Vec<Fired> = alerts
+        .iter()
+        .map(|a| {
+            (
+                a.rule.clone(),
+                a.group.0.iter().map(|(_, v)| v.clone()).collect(),
+                authwatch_event::time::format_millis(a.window_end),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Expected alerts written as (rule, key values, window_end), sorted like [`fired`].
+pub fn expected(want: &[(&str, &[&str], &str)]) -> Vec<Fired> {
+    let mut v: Vec<Fired> = want
+        .iter()
+        .map(|(r, g, t)| {
+            (
+                (*r).to_owned(),
+                g.iter().map(|s| (*s).to_owned()).collect(),
+                (*t).to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }

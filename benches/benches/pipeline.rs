@@ -5,9 +5,9 @@
 //! byte for decode). Inputs are 20,000 generated events (~1.2 KB each, mostly 2xx) and the
 //! bundled rules.
 
-use authwatch::input::FormatChoice;
 use authwatch::replay::{replay, ReplayOptions};
 use authwatch::sinks::AlertSink;
+use authwatch::sources::files::FormatChoice;
 use authwatch_benches::events;
 use authwatch_event::{decode, visit_events, Decoded, EventView, RawRecord};
 use authwatch_rules::field::EventFacts;

@@ -38,6 +38,48 @@ pub struct UserInfo<'a> {
     /// `uid`.
     #[serde(borrow, default)]
     pub uid: Option<Text<'a>>,
+    /// `extra`, undecoded until an alert or a rule asks (see [`UserInfo::extra`]). On EKS it
+    /// holds the IAM principal behind the Kubernetes user: `arn`, `canonicalArn`,
+    /// `sessionName`, `accessKeyId`, `principalId`, each a list of one string.
+    #[serde(borrow, default)]
+    pub extra: Option<&'a RawValue>,
+}
+
+impl UserInfo<'_> {
+    /// The values of one `extra` key, taken whole (keys such as
+    /// `authentication.kubernetes.io/pod-name` contain dots and slashes). The API server
+    /// writes each as a list of strings; a lone string is taken as a list of one.
+    ///
+    /// ```
+    /// use authwatch_event::event::{decode, Decoded};
+    /// let line = br#"{"auditID":"a","user":{"username":"admin","extra":{"accessKeyId":["ASIAEXAMPLE"],
+    ///     "canonicalArn":["arn:aws:iam::111122223333:role/ops"]}}}"#;
+    /// let Ok(Decoded::Event(ev)) = decode(line) else { panic!("not an event") };
+    /// assert_eq!(ev.user.extra("canonicalArn"), ["arn:aws:iam::111122223333:role/ops"]);
+    /// assert_eq!(ev.iam_principal().as_deref(), Some("arn:aws:iam::111122223333:role/ops"));
+    /// assert!(ev.user.extra("sessionName").is_empty());
+    /// ```
+    pub fn extra(&self, key: &str) -> Vec<String> {
+        let Some(raw) = self.extra else {
+            return Vec::new();
+        };
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany<'x> {
+            Many(#[serde(borrow)] Vec<Text<'x>>),
+            One(#[serde(borrow)] Text<'x>),
+        }
+        let Ok(map) =
+            serde_json::from_str::<std::collections::HashMap<Text<'_>, OneOrMany<'_>>>(raw.get())
+        else {
+            return Vec::new();
+        };
+        match map.get(&Text(Cow::Borrowed(key))) {
+            Some(OneOrMany::Many(v)) => v.iter().map(|t| t.as_str().to_owned()).collect(),
+            Some(OneOrMany::One(t)) => vec![t.as_str().to_owned()],
+            None => Vec::new(),
+        }
+    }
 }
 
 /// `objectRef`.
@@ -480,6 +522,21 @@ impl<'a> AuditEvent<'a> {
         self.user.username.as_ref().map(Text::as_str)
     }
 
+    /// The IAM principal behind the Kubernetes user on EKS: `user.extra.canonicalArn` (the
+    /// role, stable across sessions), else `user.extra.arn` (the assumed-role session).
+    pub fn iam_principal(&self) -> Option<String> {
+        let mut v = self.user.extra("canonicalArn");
+        if v.is_empty() {
+            v = self.user.extra("arn");
+        }
+        v.into_iter().next()
+    }
+
+    /// The access key the request was signed with (`user.extra.accessKeyId`), on EKS.
+    pub fn access_key_id(&self) -> Option<String> {
+        self.user.extra("accessKeyId").into_iter().next()
+    }
+
     /// One annotation by its whole key (keys contain dots and slashes).
     pub fn annotation(&self, key: &str) -> Option<String> {
         let raw = self.annotations?;
@@ -657,6 +714,23 @@ mod tests {
                 "cut at {cut}: {}",
                 String::from_utf8_lossy(part)
             );
+        }
+    }
+
+    #[test]
+    fn a_body_cut_short_is_invalid_json_never_a_panic() {
+        // CloudWatch truncates an oversized event: wherever the cut falls in a request body,
+        // the line is a parse error (counted with its reason), and the lean decoder, which
+        // does not decode `requestObject`, does not panic on it.
+        let line = br#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"p1","verb":"create","objectRef":{"resource":"pods","namespace":"default","name":"p"},"responseStatus":{"code":201},"requestObject":{"kind":"Pod","spec":{"containers":[{"name":"a","image":"nginx","securityContext":{"privileged":true}}],"volumes":[{"hostPath":{"path":"/etc"}}]}},"requestReceivedTimestamp":"2026-11-20T10:00:00Z"}"#;
+        let body = line
+            .windows(16)
+            .position(|w| w == b"\"requestObject\":")
+            .expect("has a body");
+        assert!(matches!(decode(line), Ok(Decoded::Event(_))));
+        for cut in body..line.len() {
+            let reason = decode(&line[..cut]).map(|_| ()).map_err(|e| e.reason());
+            assert_eq!(reason, Err("invalid_json"), "cut at {cut}");
         }
     }
 

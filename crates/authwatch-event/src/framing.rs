@@ -302,8 +302,13 @@ pub fn records_in_document(format: Format, doc: &[u8], origin: Origin<'_>, f: &m
 }
 
 /// Decompresses (possibly multi-member) gzip, refusing more than [`MAX_PAYLOAD_BYTES`].
+///
+/// The output is reserved from the size the (last) member's trailer declares, capped by the
+/// bound and by deflate's largest ratio (about 1032:1), so that a payload is usually
+/// decompressed without regrowing its buffer; the hint is only a hint (a wrong one costs a
+/// regrowth, never a wrong result).
 pub fn gunzip_bounded(gz: &[u8]) -> Result<Vec<u8>, FramingError> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(gzip_size_hint(gz));
     flate2::read::MultiGzDecoder::new(gz)
         .take(MAX_PAYLOAD_BYTES + 1)
         .read_to_end(&mut out)
@@ -314,6 +319,18 @@ pub fn gunzip_bounded(gz: &[u8]) -> Result<Vec<u8>, FramingError> {
         )));
     }
     Ok(out)
+}
+
+/// The decompressed size a gzip stream's trailer (ISIZE, the last 4 bytes) declares, capped
+/// by [`MAX_PAYLOAD_BYTES`] + 1 and by 1032 times the compressed size; 0 when too short.
+fn gzip_size_hint(gz: &[u8]) -> usize {
+    let Some(t) = gz.len().checked_sub(4).and_then(|at| gz.get(at..)) else {
+        return 0;
+    };
+    let declared = u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as u64;
+    declared
+        .min(MAX_PAYLOAD_BYTES + 1)
+        .min(gz.len() as u64 * 1032) as usize
 }
 
 #[derive(Deserialize)]
@@ -605,6 +622,21 @@ mod tests {
             &mut |r| got.push(r.map(|_| ()).map_err(|e| e.reason())),
         );
         assert_eq!(got, vec![Err("bad_base64")]);
+    }
+
+    #[test]
+    fn gunzip_bounded_takes_every_member_whatever_the_trailer_declares() {
+        let mut two = gz(b"first member\n");
+        two.extend(gz(b"second one\n"));
+        assert_eq!(gunzip_bounded(&two).unwrap(), b"first member\nsecond one\n");
+        // The size hint comes from the last trailer: a lie there is caught by the decoder.
+        let mut lying = gz(b"some text");
+        let n = lying.len();
+        lying[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(gzip_size_hint(&lying), lying.len() * 1032);
+        assert_eq!(gunzip_bounded(&lying).unwrap_err().reason(), "bad_gzip");
+        assert_eq!(gzip_size_hint(b"\x1f"), 0);
+        assert_eq!(gunzip_bounded(b"\x1f").unwrap_err().reason(), "bad_gzip");
     }
 
     #[test]

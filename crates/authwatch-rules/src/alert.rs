@@ -55,6 +55,20 @@ pub struct Alert {
     pub users: Vec<String>,
     /// Counted events by verb.
     pub verbs: BTreeMap<String, u64>,
+    /// The IAM principals behind the counted events' users (EKS `user.extra.canonicalArn`,
+    /// else `user.extra.arn`), at most 10, sorted; absent when no event carried one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub iam_principals: Vec<String>,
+    /// How many distinct IAM principals the counted events carried (may exceed the list).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub iam_principal_count: u64,
+    /// The access key IDs the counted requests were signed with (`user.extra.accessKeyId`),
+    /// at most 10, sorted; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_key_ids: Vec<String>,
+    /// How many distinct access key IDs (may exceed the list).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub access_key_id_count: u64,
     /// The cluster, when known (from the log group or configuration).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
@@ -83,6 +97,102 @@ pub struct Alert {
     /// `key-cardinality` alerts: keys evicted from the rule so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evicted_keys: Option<u64>,
+    /// Rules that fire on one request (`threshold: 1`): the request that fired it, so the
+    /// alert explains itself without a trip to the audit log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+/// The request behind a one-request alert: what was asked, of which object, by whom and from
+/// where. Values are copied as the audit event has them (sinks escape them for their medium).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Evidence {
+    /// `auditID`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_id: Option<String>,
+    /// `verb`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verb: Option<String>,
+    /// `requestURI`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_uri: Option<String>,
+    /// `responseStatus.code`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i64>,
+    /// The object asked for.
+    pub object: ObjectEvidence,
+    /// `user.username`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `impersonatedUser.username`, when the request impersonated someone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impersonated_user: Option<String>,
+    /// The IAM principal behind the user (EKS `user.extra.canonicalArn`, else `arn`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iam_principal: Option<String>,
+    /// `user.extra.accessKeyId`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// `sourceIPs`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_ips: Vec<String>,
+    /// `userAgent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The API server (log stream or shipper host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// When the body holds a pod spec (a pod, a workload's template, an ephemeral
+    /// container): its containers (all of `containers`, `initContainers`,
+    /// `ephemeralContainers`), at most 10, with the security flags the posture rules read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerEvidence>,
+    /// The pod spec's `hostNetwork`, `hostPID`, `hostIPC` set to true, and its hostPath
+    /// volumes' paths (at most 10).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_access: Vec<String>,
+}
+
+/// One container of a pod spec in an alert's evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ContainerEvidence {
+    /// `name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `image`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `securityContext.privileged`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    /// `securityContext.allowPrivilegeEscalation`, when set (unset means allowed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_privilege_escalation: Option<bool>,
+}
+
+/// The object of a one-request alert.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ObjectEvidence {
+    /// `requestObject.kind`, else `objectRef.resource` (a patch body has no kind).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `objectRef.apiGroup`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_group: Option<String>,
+    /// `objectRef.namespace`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `objectRef.name`, else `requestObject.metadata.name` (a create names it in the body),
+    /// else its `generateName` prefix (a controller's create: the API server adds a suffix).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `objectRef.subresource` (`exec`, `ephemeralcontainers`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn ser_time<S: Serializer>(t: &Micros, s: S) -> Result<S::Ok, S::Error> {

@@ -1,551 +1,230 @@
-//! Conditions: what `match` (all must hold) and `exclude` (any excludes) say.
-//!
-//! Per dotted path: a scalar or a list (any of), or a mapping of operators that must all hold:
-//! `not`, `glob`, `regex`, `cidr`, `gte`/`gt`/`lte`/`lt`, `exists`, `contains`, `in_list`.
-//! `any:` and `all:` group conditions. A field with several values (`sourceIPs`) satisfies a
-//! positive test when any of its values does; `not` negates the whole test.
+//! The stateless half of the engine ([`Matcher`]): which rules an event matches and the keys
+//! it counts toward, as a [`Prepared`] event for [`Engine::accept`](crate::Engine::accept).
+//! Cheap to clone, one per thread. Moved out of engine.rs (issue #19); the conditions it
+//! evaluates, which this file held before, are in [`condition`](crate::condition), and their
+//! old paths (`authwatch_rules::matcher::Cond`, ...) keep working through the re-exports below.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::borrow::Cow;
+use std::sync::Arc;
 
-use regex::Regex;
-use serde_norway::Value as Yaml;
+use authwatch_event::{EventView, Micros};
+use smallvec::SmallVec;
 
-use crate::field::{EventFacts, FieldPath, Value};
+use crate::field::EventFacts;
+use crate::hit::{evidence, hit_info, HitInfo, Interner};
+use crate::keys::Key;
+use crate::rule::{GroupField, Rule, RuleKind};
+use crate::window::Values;
 
-/// Largest compiled regex (bytes) a rule may carry: keeps a hostile or careless pattern from
-/// costing memory or start-up time. The `regex` crate matches in linear time.
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+#[doc(no_inline)]
+pub use crate::condition::{
+    glob_regex, parse_conditions, parse_test, Cond, IpNet, Literal, NamedList, Test,
+    REGEX_SIZE_LIMIT,
+};
 
-/// A literal a field is compared with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Literal {
-    /// An integer (`403`).
-    Int(i64),
-    /// A string.
-    Str(String),
-    /// A boolean.
-    Bool(bool),
+/// The stateless half of the engine: which rules an event matches and the keys it counts
+/// toward. Cheap to clone (the rules are shared); one per thread.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    rules: Arc<Vec<Rule>>,
+    cluster: Option<Arc<str>>,
+    interner: Interner,
 }
 
-impl Literal {
-    /// Whether a field value equals this literal. Numbers and their decimal text compare equal,
-    /// so `"403"` in a rule matches the code 403 and a stringly exporter's `"403"` matches `403`.
-    pub fn matches(&self, v: &Value<'_>) -> bool {
-        match (self, v) {
-            (Literal::Int(a), Value::Int(b)) => a == b,
-            (Literal::Str(a), Value::Str(b)) => a == b.as_ref(),
-            (Literal::Bool(a), Value::Bool(b)) => a == b,
-            (Literal::Int(a), Value::Str(b)) => b.parse::<i64>().ok() == Some(*a),
-            (Literal::Str(a), Value::Int(b)) => a.parse::<i64>().ok() == Some(*b),
-            _ => false,
-        }
-    }
-
-    fn parse(v: &Yaml) -> Result<Literal, String> {
-        match v {
-            Yaml::String(s) => Ok(Literal::Str(s.clone())),
-            Yaml::Bool(b) => Ok(Literal::Bool(*b)),
-            Yaml::Number(n) => n
-                .as_i64()
-                .map(Literal::Int)
-                .ok_or_else(|| format!("{n} is not an integer")),
-            _ => Err("expected a scalar (string, integer, boolean) or a list of scalars".into()),
-        }
-    }
+/// One event as a [`Matcher`] saw it, ready for [`Engine::accept`](crate::Engine::accept).
+#[derive(Debug)]
+pub struct Prepared {
+    pub(crate) time: Option<Micros>,
+    pub(crate) info: Option<Arc<HitInfo>>,
+    pub(crate) hits: SmallVec<[PreparedHit; 1]>,
+    pub(crate) missing_group_key: u64,
+    pub(crate) fanout_capped: u64,
 }
 
-/// An IP network (`10.0.0.0/8`, `2001:db8::/32`; a bare address is a /32 or /128).
+#[derive(Debug)]
+pub(crate) struct PreparedHit {
+    pub(crate) rule: usize,
+    pub(crate) keys: SmallVec<[Key; 1]>,
+    pub(crate) distinct: Option<Values>,
+    /// What the event does to an absence rule's key (`Open` for every other kind).
+    pub(crate) phase: HitPhase,
+}
+
+/// Which phase of a rule an event matched: for an absence rule, its `match` opens a key,
+/// `close` closes it and `cancel` drops it; every other rule only has `Open` (counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
+pub(crate) enum HitPhase {
+    Open,
+    Close,
+    Cancel,
 }
 
-impl IpNet {
-    /// Parses CIDR notation or a bare address.
-    ///
-    /// ```
-    /// use authwatch_rules::matcher::IpNet;
-    /// let net = IpNet::parse("10.0.0.0/8").unwrap();
-    /// assert!(net.contains("10.1.2.3".parse().unwrap()));
-    /// assert!(!net.contains("11.0.0.1".parse().unwrap()));
-    /// assert!(IpNet::parse("2001:db8::/32").unwrap().contains("2001:db8::1".parse().unwrap()));
-    /// assert!(IpNet::parse("10.0.0.0/33").is_none());
-    /// ```
-    pub fn parse(s: &str) -> Option<IpNet> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (
-                a.trim().parse::<IpAddr>().ok()?,
-                Some(p.trim().parse::<u8>().ok()?),
-            ),
-            None => (s.trim().parse::<IpAddr>().ok()?, None),
+impl Prepared {
+    /// The event's time, if it has one.
+    pub fn time(&self) -> Option<Micros> {
+        self.time
+    }
+
+    /// The (rule index, key) pairs this event counts toward. A key is the encoded values of
+    /// the rule's `group_by`: equal values give equal strings. A multi-replica deployment
+    /// routes each pair to the replica that owns that key's window (issue #10).
+    pub fn partitions(&self) -> impl Iterator<Item = (usize, Cow<'_, str>)> {
+        self.hits
+            .iter()
+            .flat_map(|h| h.keys.iter().map(move |k| (h.rule, k.encoded())))
+    }
+
+    /// Keeps only the count toward `(rule, key)` (see [`Prepared::partitions`]); the other
+    /// pairs are counted by whoever owns them. `false` when the event does not count toward
+    /// that pair (nothing left to count).
+    pub fn retain_partition(&mut self, rule: usize, key: &str) -> bool {
+        self.hits.retain(|h| h.rule == rule);
+        for h in &mut self.hits {
+            h.keys.retain(|k| k.encoded() == key);
+        }
+        self.hits.retain(|h| !h.keys.is_empty());
+        if self.hits.is_empty() {
+            self.info = None;
+        }
+        !self.hits.is_empty()
+    }
+}
+
+impl Matcher {
+    /// A matcher for these rules; `cluster` names the alerts' cluster when set
+    /// ([`EngineConfig::cluster`](crate::EngineConfig::cluster)).
+    pub(crate) fn new(rules: Arc<Vec<Rule>>, cluster: Option<Arc<str>>) -> Matcher {
+        Matcher {
+            rules,
+            cluster,
+            interner: Interner::default(),
+        }
+    }
+
+    /// Matches one event against every rule.
+    pub fn prepare(&mut self, view: &EventView<'_, '_>) -> Prepared {
+        let mut p = Prepared {
+            time: view.time,
+            info: None,
+            hits: SmallVec::new(),
+            missing_group_key: 0,
+            fanout_capped: 0,
         };
-        let addr = addr.to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(IpNet { addr, prefix })
-    }
-
-    /// Whether `ip` is inside (IPv4-mapped IPv6 addresses count as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
+        if view.time.is_none() {
+            return p;
         }
-    }
-}
-
-/// A named list (`lists:` at the top of a rule file): items match by equality, by CIDR when
-/// they are networks or addresses, and by glob when they contain `*` or `?`.
-#[derive(Debug, Clone, Default)]
-pub struct NamedList {
-    literals: Vec<Literal>,
-    nets: Vec<IpNet>,
-    globs: Vec<Regex>,
-}
-
-impl NamedList {
-    /// Builds a list from its YAML items.
-    pub fn parse(items: &Yaml) -> Result<NamedList, String> {
-        let Yaml::Sequence(items) = items else {
-            return Err("a list must be a sequence of values".into());
-        };
-        let mut list = NamedList::default();
-        for item in items {
-            let lit = Literal::parse(item)?;
-            if let Literal::Str(s) = &lit {
-                if let Some(net) = IpNet::parse(s) {
-                    list.nets.push(net);
-                } else if s
-                    .split_once('/')
-                    .is_some_and(|(a, _)| a.parse::<IpAddr>().is_ok())
-                {
-                    return Err(format!(
-                        "`{s}` is not a network like 10.0.0.0/8 or 2001:db8::/32"
-                    ));
-                } else if s.contains(['*', '?']) {
-                    list.globs.push(glob_regex(s)?);
-                }
-            }
-            list.literals.push(lit);
-        }
-        Ok(list)
-    }
-
-    fn matches(&self, v: &Value<'_>) -> bool {
-        self.literals.iter().any(|l| l.matches(v))
-            || str_of(v).is_some_and(|s| {
-                ip_of(s).is_some_and(|ip| self.nets.iter().any(|n| n.contains(ip)))
-                    || self.globs.iter().any(|g| g.is_match(s))
-            })
-    }
-
-    /// Whether the list is empty.
-    pub fn is_empty(&self) -> bool {
-        self.literals.is_empty()
-    }
-}
-
-/// A test applied to the values at one path.
-#[derive(Debug, Clone)]
-pub enum Test {
-    /// Equal to any of these.
-    Eq(Vec<Literal>),
-    /// Not (the inner test).
-    Not(Box<Test>),
-    /// Matches a regex (globs are compiled to anchored regexes); the pattern as written.
-    Pattern(Regex, String),
-    /// An IP address inside any of these networks.
-    Cidr(Vec<IpNet>),
-    /// A number (or numeric text) within bounds.
-    Range {
-        /// `gte`
-        gte: Option<i64>,
-        /// `gt`
-        gt: Option<i64>,
-        /// `lte`
-        lte: Option<i64>,
-        /// `lt`
-        lt: Option<i64>,
-    },
-    /// Present (true) or absent (false).
-    Exists(bool),
-    /// Text containing any of these.
-    Contains(Vec<String>),
-    /// In a named list.
-    InList(String, NamedList),
-    /// Several operators in one mapping: all must hold.
-    All(Vec<Test>),
-}
-
-fn str_of<'v>(v: &'v Value<'_>) -> Option<&'v str> {
-    match v {
-        Value::Str(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn ip_of(s: &str) -> Option<IpAddr> {
-    s.parse::<IpAddr>().ok()
-}
-
-fn int_of(v: &Value<'_>) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        Value::Str(s) => s.parse().ok(),
-        Value::Bool(_) => None,
-    }
-}
-
-impl Test {
-    /// Whether the values at a path (empty when absent) pass.
-    pub fn holds(&self, values: &[Value<'_>]) -> bool {
-        match self {
-            Test::Eq(lits) => values.iter().any(|v| lits.iter().any(|l| l.matches(v))),
-            Test::Not(t) => !t.holds(values),
-            Test::Pattern(re, _) => values.iter().any(|v| match v {
-                Value::Str(s) => re.is_match(s),
-                other => re.is_match(&other.to_key()),
-            }),
-            Test::Cidr(nets) => values.iter().any(|v| {
-                str_of(v)
-                    .and_then(ip_of)
-                    .is_some_and(|ip| nets.iter().any(|n| n.contains(ip)))
-            }),
-            Test::Range { gte, gt, lte, lt } => values.iter().any(|v| {
-                int_of(v).is_some_and(|x| {
-                    gte.is_none_or(|b| x >= b)
-                        && gt.is_none_or(|b| x > b)
-                        && lte.is_none_or(|b| x <= b)
-                        && lt.is_none_or(|b| x < b)
-                })
-            }),
-            Test::Exists(want) => values.is_empty() != *want,
-            Test::Contains(subs) => values.iter().any(|v| {
-                let text = match v {
-                    Value::Str(s) => std::borrow::Cow::Borrowed(s.as_ref()),
-                    other => std::borrow::Cow::Owned(other.to_key()),
-                };
-                subs.iter().any(|s| text.contains(s.as_str()))
-            }),
-            Test::InList(_, list) => values.iter().any(|v| list.matches(v)),
-            Test::All(tests) => tests.iter().all(|t| t.holds(values)),
-        }
-    }
-}
-
-/// A condition tree.
-#[derive(Debug, Clone)]
-pub enum Cond {
-    /// A test at one path.
-    Field {
-        /// The path as written.
-        path: String,
-        /// The resolved path.
-        field: FieldPath,
-        /// The test.
-        test: Test,
-    },
-    /// All must hold (`all:`, and the top of `match`).
-    All(Vec<Cond>),
-    /// At least one must hold (`any:`, and the top of `exclude`).
-    Any(Vec<Cond>),
-}
-
-impl Cond {
-    /// Evaluates the condition on one event.
-    pub fn holds(&self, facts: &EventFacts<'_, '_, '_>) -> bool {
-        match self {
-            Cond::Field { field, test, .. } => test.holds(&facts.values(field)),
-            Cond::All(cs) => cs.iter().all(|c| c.holds(facts)),
-            Cond::Any(cs) => cs.iter().any(|c| c.holds(facts)),
-        }
-    }
-
-    /// Calls `f` on every field condition in the tree.
-    pub fn visit_fields<'c>(&'c self, f: &mut dyn FnMut(&'c str, &'c FieldPath, &'c Test)) {
-        match self {
-            Cond::Field { path, field, test } => f(path, field, test),
-            Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| c.visit_fields(f)),
-        }
-    }
-}
-
-/// Parses a `match`/`exclude` mapping (or an `any:`/`all:` list item). `at` is the field
-/// path used in error messages (`match`, `exclude.any[2]`...). Errors are (field, message).
-pub fn parse_conditions(
-    v: &Yaml,
-    at: &str,
-    lists: &BTreeMap<String, NamedList>,
-) -> Result<Vec<Cond>, (String, String)> {
-    let Yaml::Mapping(m) = v else {
-        return Err((
-            at.into(),
-            "expected a mapping of field paths to values".into(),
-        ));
-    };
-    let mut out = Vec::new();
-    for (k, v) in m {
-        let Some(key) = k.as_str() else {
-            return Err((at.into(), "field paths must be strings".into()));
-        };
-        match key {
-            "any" | "all" => {
-                let here = format!("{at}.{key}");
-                let Yaml::Sequence(items) = v else {
-                    return Err((here, "expected a list of condition mappings".into()));
-                };
-                if items.is_empty() {
-                    return Err((here, "an empty group is always true or always false".into()));
-                }
-                let mut group = Vec::new();
-                for (i, item) in items.iter().enumerate() {
-                    group.push(Cond::All(parse_conditions(
-                        item,
-                        &format!("{here}[{i}]"),
-                        lists,
-                    )?));
-                }
-                out.push(if key == "any" {
-                    Cond::Any(group)
+        let facts = EventFacts::new(view);
+        for (i, rule) in self.rules.iter().enumerate() {
+            let (phase, group_by) = if rule.matches(&facts) {
+                (HitPhase::Open, &rule.group_by)
+            } else if let RuleKind::Absence(a) = &rule.kind {
+                if a.close.matches(&facts) {
+                    (HitPhase::Close, &a.close.group_by)
+                } else if let Some(c) = a.cancel.as_ref().filter(|c| c.matches(&facts)) {
+                    (HitPhase::Cancel, &c.group_by)
                 } else {
-                    Cond::All(group)
-                });
+                    continue;
+                }
+            } else {
+                continue;
+            };
+            let mut capped = false;
+            let keys = group_keys(group_by, &facts, &mut capped);
+            p.fanout_capped += u64::from(capped);
+            if keys.is_empty() {
+                p.missing_group_key += 1;
+                continue;
             }
-            "" => return Err((at.into(), "empty field path".into())),
-            path => {
-                let here = format!("{at}.{path}");
-                let test = parse_test(v, lists).map_err(|m| (here, m))?;
-                out.push(Cond::Field {
-                    path: path.to_owned(),
-                    field: FieldPath::parse(path),
-                    test,
-                });
+            let distinct = match &rule.kind {
+                RuleKind::Distinct { field, .. } => {
+                    let mut values: Vec<Box<str>> = facts
+                        .values(field)
+                        .iter()
+                        .map(|v| v.to_key().into())
+                        .collect();
+                    if values.is_empty() {
+                        p.missing_group_key += 1;
+                        continue;
+                    }
+                    if values.len() > MAX_FANOUT {
+                        values.truncate(MAX_FANOUT);
+                        p.fanout_capped += 1;
+                    }
+                    values.sort_unstable();
+                    values.dedup();
+                    Some(Values::new(values.into_boxed_slice()))
+                }
+                _ => None,
+            };
+            if p.info.is_none() {
+                p.info = Some(Arc::new(hit_info(
+                    view,
+                    self.cluster.as_ref(),
+                    &mut self.interner,
+                )));
+            }
+            p.hits.push(PreparedHit {
+                rule: i,
+                keys,
+                distinct,
+                phase,
+            });
+        }
+        // A rule that fires on one request explains itself with that request (issue #17);
+        // kept only for such rules, so counting rules pay nothing for it.
+        if p.hits.iter().any(|h| self.rules[h.rule].threshold == 1) {
+            if let Some(info) = p.info.as_mut().and_then(Arc::get_mut) {
+                info.evidence = Some(Box::new(evidence(&facts)));
             }
         }
+        p
     }
-    Ok(out)
 }
 
-const OPERATORS: &str = "not, glob, regex, cidr, gte, gt, lte, lt, exists, contains, in_list";
+/// Most keys one event counts toward (sourceIPs fan-out); beyond it the event is counted for
+/// the first entries and the last, and `fanout_capped` says so.
+pub const MAX_FANOUT: usize = 16;
 
-fn strings(v: &Yaml, what: &str) -> Result<Vec<String>, String> {
-    let items: Vec<&Yaml> = match v {
-        Yaml::Sequence(s) if s.is_empty() => return Err(format!("empty list of {what}")),
-        Yaml::Sequence(s) => s.iter().collect(),
-        other => vec![other],
-    };
-    items
-        .into_iter()
-        .map(|i| match i {
-            Yaml::String(s) => Ok(s.clone()),
-            _ => Err(format!("expected {what} (strings)")),
-        })
-        .collect()
-}
-
-/// Compiles a glob (`*` any run, `?` one character) into an anchored regex.
-pub fn glob_regex(glob: &str) -> Result<Regex, String> {
-    let mut re = String::with_capacity(glob.len() + 8);
-    re.push_str("^(?s:");
-    for c in glob.chars() {
-        match c {
-            '*' => re.push_str(".*"),
-            '?' => re.push('.'),
-            c => re.push_str(&regex::escape(&c.to_string())),
+/// The keys an event counts toward: one value per `group_by` field, fanning out over lists
+/// (`sourceIPs`). No key if any field is absent.
+fn group_keys(
+    group_by: &[GroupField],
+    facts: &EventFacts<'_, '_, '_>,
+    capped: &mut bool,
+) -> SmallVec<[Key; 1]> {
+    let mut keys: SmallVec<[Vec<Box<str>>; 1]> = smallvec::smallvec![Vec::new()];
+    for g in group_by {
+        let all = facts.values(&g.field);
+        let mut values: Vec<String> = if all.len() > MAX_FANOUT {
+            // A list this long is forged (X-Forwarded-For is client-controlled): keep the
+            // first entries and the last, the peer address the API server saw.
+            *capped = true;
+            all[..MAX_FANOUT - 1]
+                .iter()
+                .chain(all.last())
+                .map(|v| v.to_key())
+                .collect()
+        } else {
+            all.iter().map(|v| v.to_key()).collect()
+        };
+        values.sort_unstable();
+        values.dedup();
+        if values.is_empty() {
+            return SmallVec::new();
         }
-    }
-    re.push_str(")$");
-    compile_regex(&re)
-}
-
-fn compile_regex(re: &str) -> Result<Regex, String> {
-    regex::RegexBuilder::new(re)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| format!("bad regex: {e}"))
-}
-
-fn int_arg(v: &Yaml, op: &str) -> Result<i64, String> {
-    match v {
-        Yaml::Number(n) => n.as_i64().ok_or_else(|| format!("`{op}` needs an integer")),
-        _ => Err(format!("`{op}` needs an integer")),
-    }
-}
-
-/// Parses the value of one path in a condition mapping.
-pub fn parse_test(v: &Yaml, lists: &BTreeMap<String, NamedList>) -> Result<Test, String> {
-    let m = match v {
-        Yaml::Mapping(m) => m,
-        Yaml::Sequence(items) if items.is_empty() => {
-            return Err("empty list matches nothing".into())
+        if keys.len() * values.len() > MAX_FANOUT {
+            *capped = true;
+            values.truncate((MAX_FANOUT / keys.len()).max(1));
         }
-        Yaml::Sequence(items) => {
-            return Ok(Test::Eq(
-                items.iter().map(Literal::parse).collect::<Result<_, _>>()?,
-            ))
-        }
-        other => return Ok(Test::Eq(vec![Literal::parse(other)?])),
-    };
-    if m.is_empty() {
-        return Err(format!("empty operator mapping (operators: {OPERATORS})"));
-    }
-    let mut tests = Vec::new();
-    let (mut gte, mut gt, mut lte, mut lt) = (None, None, None, None);
-    for (k, arg) in m {
-        let op = k.as_str().unwrap_or("");
-        match op {
-            "not" => tests.push(Test::Not(Box::new(parse_test(arg, lists)?))),
-            "glob" => {
-                let globs = strings(arg, "glob patterns")?;
-                let joined = globs.join(" | ");
-                let parts: Vec<String> = globs
-                    .iter()
-                    .map(|g| glob_regex(g).map(|r| r.as_str().to_owned()))
-                    .collect::<Result<_, _>>()?;
-                tests.push(Test::Pattern(
-                    compile_regex(&parts.join("|"))?,
-                    format!("glob {joined}"),
-                ));
-            }
-            "regex" => {
-                let res = strings(arg, "regular expressions")?;
-                let joined = res
-                    .iter()
-                    .map(|r| format!("(?:{r})"))
-                    .collect::<Vec<_>>()
-                    .join("|");
-                tests.push(Test::Pattern(
-                    compile_regex(&joined)?,
-                    format!("regex {}", res.join(" | ")),
-                ));
-            }
-            "cidr" => {
-                let nets = strings(arg, "networks")?
-                    .iter()
-                    .map(|s| {
-                        IpNet::parse(s).ok_or_else(|| {
-                            format!("`{s}` is not a network like 10.0.0.0/8 or 2001:db8::/32")
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
-                tests.push(Test::Cidr(nets));
-            }
-            "gte" => gte = Some(int_arg(arg, op)?),
-            "gt" => gt = Some(int_arg(arg, op)?),
-            "lte" => lte = Some(int_arg(arg, op)?),
-            "lt" => lt = Some(int_arg(arg, op)?),
-            "exists" => match arg {
-                Yaml::Bool(b) => tests.push(Test::Exists(*b)),
-                _ => return Err("`exists` needs true or false".into()),
-            },
-            "contains" => tests.push(Test::Contains(strings(arg, "substrings")?)),
-            "in_list" => {
-                let Some(name) = arg.as_str() else {
-                    return Err("`in_list` needs the name of a list".into());
-                };
-                let list = lists.get(name).ok_or_else(|| {
-                    format!("no list named `{name}` (lists are declared under `lists:` at the top of the file)")
-                })?;
-                tests.push(Test::InList(name.to_owned(), list.clone()));
-            }
-            other => {
-                return Err(format!(
-                    "unknown operator `{other}` (operators: {OPERATORS})"
-                ))
+        let mut next = SmallVec::with_capacity(keys.len() * values.len());
+        for k in &keys {
+            for v in &values {
+                let mut k = k.clone();
+                k.push(v.as_str().into());
+                next.push(k);
             }
         }
+        keys = next;
     }
-    if gte.is_some() || gt.is_some() || lte.is_some() || lt.is_some() {
-        tests.push(Test::Range { gte, gt, lte, lt });
-    }
-    Ok(if tests.len() == 1 {
-        tests.remove(0)
-    } else {
-        Test::All(tests)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::borrow::Cow;
-
-    fn t(yaml: &str) -> Test {
-        let mut lists = BTreeMap::new();
-        lists.insert(
-            "trusted".to_string(),
-            NamedList::parse(&serde_norway::from_str("[10.0.0.0/8, 'scanner-*', bob]").unwrap())
-                .unwrap(),
-        );
-        parse_test(&serde_norway::from_str(yaml).unwrap(), &lists).unwrap()
-    }
-    fn s(x: &str) -> Value<'_> {
-        Value::Str(Cow::Borrowed(x))
-    }
-
-    #[test]
-    fn operators() {
-        assert!(t("[401, 403]").holds(&[Value::Int(403)]));
-        assert!(!t("[401, 403]").holds(&[Value::Int(404)]));
-        assert!(t("{not: [401, 403]}").holds(&[Value::Int(200)]));
-        assert!(t("{not: [401, 403]}").holds(&[]));
-        assert!(t("{glob: 'system:serviceaccount:kube-system:*'}")
-            .holds(&[s("system:serviceaccount:kube-system:coredns")]));
-        assert!(!t("{glob: 'system:serviceaccount:kube-system:*'}")
-            .holds(&[s("system:serviceaccount:default:x")]));
-        assert!(t("{glob: ['a?c', 'x.*']}").holds(&[s("x.yz")]));
-        assert!(
-            !t("{glob: 'x.*'}").holds(&[s("xayz")]),
-            "glob dots are literal"
-        );
-        assert!(
-            t("{regex: '^kubectl/v1\\.(2[0-9]|3[0-9])'}").holds(&[s("kubectl/v1.30.2 (darwin)")])
-        );
-        assert!(
-            t("{cidr: ['10.0.0.0/8', '2001:db8::/32']}").holds(&[s("198.51.100.7"), s("10.0.3.4")])
-        );
-        assert!(t("{cidr: '2001:db8::/32'}").holds(&[s("2001:db8::7")]));
-        assert!(!t("{cidr: '10.0.0.0/8'}").holds(&[s("not-an-ip"), s("11.0.0.1")]));
-        assert!(t("{cidr: '10.0.0.0/8'}").holds(&[s("::ffff:10.1.1.1")]));
-        assert!(t("{gte: 400, lt: 500}").holds(&[Value::Int(403)]));
-        assert!(!t("{gte: 400, lt: 500}").holds(&[Value::Int(500)]));
-        assert!(t("{gte: 400}").holds(&[s("401")]));
-        assert!(t("{exists: true}").holds(&[s("x")]));
-        assert!(t("{exists: false}").holds(&[]));
-        assert!(t("{contains: [secret, token]}").holds(&[s("/api/v1/secrets")]));
-        assert!(t("{in_list: trusted}").holds(&[s("10.2.3.4")]));
-        assert!(t("{in_list: trusted}").holds(&[s("scanner-7")]));
-        assert!(t("{in_list: trusted}").holds(&[s("bob")]));
-        assert!(!t("{in_list: trusted}").holds(&[s("alice"), s("192.0.2.1")]));
-        assert!(t("{not: {in_list: trusted}}").holds(&[s("alice")]));
-    }
-
-    #[test]
-    fn errors_say_what_is_wrong() {
-        let lists = BTreeMap::new();
-        let e = |y: &str| parse_test(&serde_norway::from_str(y).unwrap(), &lists).unwrap_err();
-        assert!(e("{regex: '('}").starts_with("bad regex"));
-        assert!(
-            e("{regex: 'a{10000}{10000}'}").starts_with("bad regex"),
-            "size-limited"
-        );
-        assert!(e("{cidr: '10.0.0.0/40'}").contains("not a network"));
-        assert!(e("{in_list: nope}").contains("no list named `nope`"));
-        assert!(e("{wat: 1}").contains("unknown operator `wat`"));
-        assert!(e("{exists: yes please}").contains("true or false"));
-        assert!(e("[]").contains("empty list"));
-    }
+    keys.into_iter().map(|k| Key::new(&k)).collect()
 }

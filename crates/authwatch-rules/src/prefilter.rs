@@ -18,9 +18,9 @@ use std::cell::Cell;
 
 use memchr::memmem::Finder;
 
+use crate::condition::{Cond, Literal, Test};
 use crate::field::FieldPath;
-use crate::matcher::{Cond, Literal, Test};
-use crate::rule::Rule;
+use crate::rule::{Rule, RuleKind};
 
 /// What a rule needs to find in a line.
 #[derive(Debug, Clone)]
@@ -95,17 +95,25 @@ impl Prefilter {
     /// ```
     pub fn new(rules: &[Rule]) -> Prefilter {
         let mut needles = Vec::new();
-        let rules: Vec<Need> = rules
-            .iter()
-            .map(|r| {
-                Need::And(
-                    r.conditions
+        // One need per rule, and per phase of an absence rule: a closing event must reach
+        // the engine as surely as an opening one.
+        let mut rule_needs = Vec::new();
+        for r in rules {
+            let mut phases = vec![&r.conditions];
+            if let RuleKind::Absence(a) = &r.kind {
+                phases.push(&a.close.conditions);
+                phases.extend(a.cancel.as_ref().map(|c| &c.conditions));
+            }
+            for conditions in phases {
+                rule_needs.push(Need::And(
+                    conditions
                         .iter()
                         .map(|c| need_of(c, &mut needles))
                         .collect(),
-                )
-            })
-            .collect();
+                ));
+            }
+        }
+        let rules = rule_needs;
         let finders = needles
             .iter()
             .map(|n| Finder::new(n.as_bytes()).into_owned())

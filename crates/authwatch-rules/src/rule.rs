@@ -7,9 +7,11 @@ use serde_norway::Value as Yaml;
 
 use std::collections::BTreeMap;
 
+use crate::condition::{parse_conditions, Cond, Literal, NamedList, Test};
 use crate::field::{EventFacts, FieldPath};
-use crate::matcher::{parse_conditions, Cond, Literal, NamedList, Test};
-use crate::testing::RuleTest;
+use crate::rule_test::RuleTest;
+
+pub use crate::duration::parse_duration;
 
 /// Alert severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,7 +68,7 @@ pub struct GroupField {
 }
 
 /// What a rule counts and when it fires.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum RuleKind {
     /// Matching events per key in the window reach `threshold`.
     Threshold,
@@ -86,6 +88,46 @@ pub enum RuleKind {
         /// `ratio`.
         ratio: f64,
     },
+    /// "A, then no B for the same key within the window": an event matching the rule's
+    /// `match` opens its key, one matching `close` closes it, one matching `cancel` drops it;
+    /// the window passing with the key open fires, at open time + window.
+    Absence(Box<Absence>),
+}
+
+/// The other two phases of an [`RuleKind::Absence`] rule (the rule's own `match`,
+/// `exclude` and `group_by` open a key).
+#[derive(Debug, Clone)]
+pub struct Absence {
+    /// `close`: the event whose arrival in time keeps the rule quiet.
+    pub close: Phase,
+    /// `cancel`: an event that makes the key moot (the namespace deleted).
+    pub cancel: Option<Phase>,
+}
+
+/// Which events a phase of an absence rule takes, and the key it names for them. Its
+/// `group_by` must name the same values as the rule's (`objectRef.namespace` of a
+/// NetworkPolicy is the `objectRef.name` of its namespace).
+#[derive(Debug, Clone)]
+pub struct Phase {
+    /// `match`: all must hold.
+    pub conditions: Vec<Cond>,
+    /// `exclude`: any excludes.
+    pub exclude: Vec<Cond>,
+    /// `group_by`.
+    pub group_by: Vec<GroupField>,
+}
+
+impl Phase {
+    /// Whether every `match` condition holds and no `exclude` condition does.
+    pub fn matches(&self, facts: &EventFacts<'_, '_, '_>) -> bool {
+        all_and_none(&self.conditions, &self.exclude, facts)
+    }
+}
+
+/// Every `match` condition holds and no `exclude` condition does: a rule's test, and an
+/// absence rule's phases'.
+fn all_and_none(conditions: &[Cond], exclude: &[Cond], facts: &EventFacts<'_, '_, '_>) -> bool {
+    conditions.iter().all(|c| c.holds(facts)) && !exclude.iter().any(|c| c.holds(facts))
 }
 
 impl RuleKind {
@@ -95,6 +137,7 @@ impl RuleKind {
             RuleKind::Threshold => "threshold",
             RuleKind::Distinct { .. } => "distinct",
             RuleKind::Spike { .. } => "spike",
+            RuleKind::Absence(_) => "absence",
         }
     }
 }
@@ -136,8 +179,33 @@ pub struct Rule {
 impl Rule {
     /// Whether every `match` condition holds and no `exclude` condition does.
     pub fn matches(&self, facts: &EventFacts<'_, '_, '_>) -> bool {
-        self.conditions.iter().all(|c| c.holds(facts))
-            && !self.exclude.iter().any(|c| c.holds(facts))
+        all_and_none(&self.conditions, &self.exclude, facts)
+    }
+
+    /// The request or response body paths the rule reads (`requestObject...`, `pod.*`,
+    /// `object.name` past `objectRef`), in every phase: such a rule sees nothing in events
+    /// logged at the Metadata level, which carry no body.
+    pub fn body_paths(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut phases: Vec<&Vec<Cond>> = vec![&self.conditions, &self.exclude];
+        if let RuleKind::Absence(a) = &self.kind {
+            phases.extend([&a.close.conditions, &a.close.exclude]);
+            if let Some(c) = &a.cancel {
+                phases.extend([&c.conditions, &c.exclude]);
+            }
+        }
+        for c in phases.into_iter().flatten() {
+            c.visit_fields(&mut |path, field, _| {
+                let body = matches!(field, FieldPath::Pod(_))
+                    || (field.needs_raw()
+                        && (path.starts_with("requestObject")
+                            || path.starts_with("responseObject")));
+                if body && !out.contains(&path) {
+                    out.push(path);
+                }
+            });
+        }
+        out
     }
 
     /// Things that make a rule match less than its author likely meant: a condition that can
@@ -208,45 +276,6 @@ impl fmt::Display for RuleError {
     }
 }
 
-/// Parses a duration as rules write it: `90s`, `5m`, `1h`, `1d`, or combinations (`1h30m`).
-///
-/// ```
-/// use authwatch_rules::rule::parse_duration;
-/// assert_eq!(parse_duration("5m"), Some(300_000_000));
-/// assert_eq!(parse_duration("1h30m"), Some(5_400_000_000));
-/// assert_eq!(parse_duration("5"), None);
-/// ```
-pub fn parse_duration(s: &str) -> Option<Micros> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    let mut total: i64 = 0;
-    let mut num: Option<i64> = None;
-    for c in s.chars() {
-        if let Some(d) = c.to_digit(10) {
-            num = Some(
-                num.unwrap_or(0)
-                    .checked_mul(10)?
-                    .checked_add(i64::from(d))?,
-            );
-        } else {
-            let unit = match c {
-                's' => 1,
-                'm' => 60,
-                'h' => 3600,
-                'd' => 86_400,
-                _ => return None,
-            };
-            total = total.checked_add(num.take()?.checked_mul(unit)?)?;
-        }
-    }
-    if num.is_some() {
-        return None;
-    }
-    total.checked_mul(1_000_000)
-}
-
 const RULE_KEYS: &[&str] = &[
     "id",
     "description",
@@ -263,6 +292,8 @@ const RULE_KEYS: &[&str] = &[
     "ratio",
     "min_count",
     "max_keys",
+    "close",
+    "cancel",
     "tests",
 ];
 
@@ -426,24 +457,8 @@ fn compile(
         None => Vec::new(),
         Some(v) => parse_conditions(v, "exclude", lists).map_err(|(f, msg)| err(&f, msg))?,
     };
-    let group_by = match m.get("group_by") {
-        None => Vec::new(),
-        Some(Yaml::String(s)) => vec![s.clone()],
-        Some(Yaml::Sequence(items)) => items
-            .iter()
-            .map(|i| match i {
-                Yaml::String(s) if !s.is_empty() => Ok(s.clone()),
-                _ => Err(err("group_by", "expected field paths (strings)".into())),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(err("group_by", "expected a list of field paths".into())),
-    }
-    .into_iter()
-    .map(|name| GroupField {
-        field: FieldPath::parse(&name),
-        name,
-    })
-    .collect();
+    let group_by =
+        parse_group_by(m.get("group_by"), "group_by").map_err(|(f, msg)| err(&f, msg))?;
     let duration = |field: &str| -> Result<Option<Micros>, RuleError> {
         match m.get(field) {
             None => Ok(None),
@@ -472,7 +487,12 @@ fn compile(
     let kind_name = match m.get("kind") {
         None => "threshold",
         Some(Yaml::String(s)) => s.as_str(),
-        Some(_) => return Err(err("kind", "expected threshold, distinct or spike".into())),
+        Some(_) => {
+            return Err(err(
+                "kind",
+                "expected threshold, distinct, spike or absence".into(),
+            ))
+        }
     };
     let only_for = |field: &str, kinds: &str| -> Result<(), RuleError> {
         if m.contains_key(field) {
@@ -494,7 +514,8 @@ fn compile(
                 match m.get("distinct_of") {
                     Some(Yaml::String(s)) if !s.is_empty() => RuleKind::Distinct {
                         name: s.clone(),
-                        field: FieldPath::parse(s),
+                        field: FieldPath::parse_checked(s)
+                            .map_err(|m| err("distinct_of", format!("bad field path: {m}")))?,
                     },
                     Some(_) => return Err(err("distinct_of", "expected a field path".into())),
                     None => {
@@ -509,6 +530,79 @@ fn compile(
                 RuleKind::Threshold
             };
             (kind, threshold)
+        }
+        "absence" => {
+            let rule_group_len = group_by.len();
+            for f in ["threshold", "distinct_of", "baseline", "ratio", "min_count"] {
+                only_for(
+                    f,
+                    "threshold, distinct or spike (an absence rule fires once per open key)",
+                )?;
+            }
+            let phase = |name: &str| -> Result<Option<Phase>, RuleError> {
+                let Some(v) = m.get(name) else {
+                    return Ok(None);
+                };
+                let Yaml::Mapping(pm) = v else {
+                    return Err(err(
+                        name,
+                        "expected a mapping with match, exclude, group_by".into(),
+                    ));
+                };
+                for k in pm.keys() {
+                    let key = key_text(k);
+                    if !matches!(key.as_str(), "match" | "exclude" | "group_by") {
+                        return Err(err(
+                            &format!("{name}.{key}"),
+                            "unknown field (expected match, exclude, group_by)".into(),
+                        ));
+                    }
+                }
+                let conditions = match pm.get("match") {
+                    Some(v) => parse_conditions(v, &format!("{name}.match"), lists)
+                        .map_err(|(f, msg)| err(&f, msg))?,
+                    None => Vec::new(),
+                };
+                if conditions.is_empty() {
+                    return Err(err(
+                        &format!("{name}.match"),
+                        "missing or empty: say which events this phase takes".into(),
+                    ));
+                }
+                let exclude = match pm.get("exclude") {
+                    Some(v) => parse_conditions(v, &format!("{name}.exclude"), lists)
+                        .map_err(|(f, msg)| err(&f, msg))?,
+                    None => Vec::new(),
+                };
+                let field = format!("{name}.group_by");
+                let group_by = match pm.get("group_by") {
+                    // The same paths as the rule's when not given.
+                    None => group_by.clone(),
+                    v => parse_group_by(v, &field).map_err(|(f, msg)| err(&f, msg))?,
+                };
+                if group_by.len() != rule_group_len {
+                    return Err(err(
+                        &field,
+                        format!(
+                            "names {} value(s); the rule's group_by names {rule_group_len}: a {name} event must name the key it {name}s",
+                            group_by.len()
+                        ),
+                    ));
+                }
+                Ok(Some(Phase {
+                    conditions,
+                    exclude,
+                    group_by,
+                }))
+            };
+            let close = phase("close")?.ok_or_else(|| {
+                err(
+                    "close",
+                    "missing (an absence rule needs the event that closes a key)".into(),
+                )
+            })?;
+            let cancel = phase("cancel")?;
+            (RuleKind::Absence(Box::new(Absence { close, cancel })), 1)
         }
         "spike" => {
             only_for(
@@ -536,14 +630,14 @@ fn compile(
         other => {
             return Err(err(
                 "kind",
-                format!("`{other}` is not one of threshold, distinct, spike"),
+                format!("`{other}` is not one of threshold, distinct, spike, absence"),
             ))
         }
     };
     let max_keys = whole("max_keys")?.map_or(DEFAULT_MAX_KEYS, |k| k as usize);
     let tests = match m.get("tests") {
         None => Vec::new(),
-        Some(v) => crate::testing::parse_tests(v).map_err(|(f, msg)| err(&f, msg))?,
+        Some(v) => crate::rule_test::parse_tests(v).map_err(|(f, msg)| err(&f, msg))?,
     };
     Ok(Rule {
         id,
@@ -560,6 +654,38 @@ fn compile(
         tests,
         source: source.into(),
     })
+}
+
+/// `group_by` (or a phase's): a field path or a list of them.
+fn parse_group_by(v: Option<&Yaml>, field: &str) -> Result<Vec<GroupField>, (String, String)> {
+    let names: Vec<String> = match v {
+        None => Vec::new(),
+        Some(Yaml::String(s)) => vec![s.clone()],
+        Some(Yaml::Sequence(items)) => items
+            .iter()
+            .map(|i| match i {
+                Yaml::String(s) if !s.is_empty() => Ok(s.clone()),
+                _ => Err((
+                    field.to_owned(),
+                    "expected field paths (strings)".to_owned(),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err((
+                field.to_owned(),
+                "expected a list of field paths".to_owned(),
+            ))
+        }
+    };
+    names
+        .into_iter()
+        .map(|name| {
+            FieldPath::parse_checked(&name)
+                .map(|field| GroupField { field, name })
+                .map_err(|m| (field.to_owned(), format!("bad field path: {m}")))
+        })
+        .collect()
 }
 
 fn valid_id(s: &str) -> bool {
@@ -684,15 +810,6 @@ cooldown: 15m
     }
 
     #[test]
-    fn literals_compare_across_number_and_text() {
-        use crate::field::Value;
-        assert!(Literal::Int(403).matches(&Value::Str("403".into())));
-        assert!(Literal::Str("403".into()).matches(&Value::Int(403)));
-        assert!(!Literal::Str("bob".into()).matches(&Value::Int(403)));
-        assert!(Literal::Bool(true).matches(&Value::Bool(true)));
-    }
-
-    #[test]
     fn kinds_lists_and_exclude() {
         let text = r#"
 lists:
@@ -718,13 +835,13 @@ rules:
         assert_eq!(rules[0].kind.as_str(), "distinct");
         assert_eq!(rules[0].exclude.len(), 1);
         assert_eq!(rules[0].max_keys, DEFAULT_MAX_KEYS);
-        assert_eq!(
-            rules[1].kind,
-            RuleKind::Spike {
-                baseline: 3_600_000_000,
-                ratio: 5.0
+        // (RuleKind is not PartialEq since absence rules hold conditions.)
+        match &rules[1].kind {
+            RuleKind::Spike { baseline, ratio } => {
+                assert_eq!((*baseline, *ratio), (3_600_000_000, 5.0));
             }
-        );
+            other => panic!("expected a spike rule, got {other:?}"),
+        }
         assert_eq!(rules[1].threshold, 100);
         let bad = [
             (
@@ -750,6 +867,118 @@ rules:
             let e = load_rules("x.yaml", &t).expect_err(&t);
             assert_eq!(e.field.as_deref(), Some(field), "{e}");
         }
+    }
+
+    #[test]
+    fn bad_paths_and_registry_patterns_name_the_file_the_rule_and_the_field() {
+        let base = "id: r\nmatch:\n  verb: create\n  FIELD: true\nwindow: 1m\nthreshold: 1\n";
+        for (path, want) in [
+            (
+                "requestObject.spec.containers[",
+                "match.requestObject.spec.containers[",
+            ),
+            (
+                "requestObject.spec.containers[x].image",
+                "match.requestObject.spec.containers[x].image",
+            ),
+            (
+                "requestObject.spec.containers[0]",
+                "match.requestObject.spec.containers[0]",
+            ),
+            ("'[*].image'", "match.[*].image"),
+            ("requestObject..spec", "match.requestObject..spec"),
+            ("pod.containers[*].", "match.pod.containers[*]."),
+            ("pod.containers]", "match.pod.containers]"),
+        ] {
+            let text = base.replace("FIELD", path);
+            let e = load_rules("rules/p.yaml", &text).expect_err(&text);
+            assert_eq!(e.file, "rules/p.yaml");
+            assert_eq!(e.rule.as_deref(), Some("r"));
+            assert_eq!(e.field.as_deref(), Some(want), "{e}");
+            assert!(e.message.starts_with("bad field path"), "{e}");
+        }
+        let e = load_rules(
+            "g.yaml",
+            "id: r\nmatch: {verb: create}\ngroup_by: [objectRef.name, 'a[1]']\nwindow: 1m\nthreshold: 1\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("group_by"), "{e}");
+        let reg = |arg: &str| {
+            load_rules(
+                "rules/i.yaml",
+                &format!("lists:\n  trusted: ['*.dkr.ecr.*.amazonaws.com', 'bad/path']\n  nums: [1]\nrules:\n  - id: img\n    match:\n      verb: create\n      pod.containers[*].image: {{{arg}}}\n    window: 1m\n    threshold: 1\n"),
+            )
+        };
+        for arg in [
+            "registry_not_in: trusted",
+            "registry_in: nums",
+            "registry_in: missing",
+            "registry_in: ['my reg']",
+            "registry_in: []",
+            "registry_not_in: 7",
+        ] {
+            let e = reg(arg).expect_err(arg);
+            assert_eq!(e.file, "rules/i.yaml");
+            assert_eq!(e.rule.as_deref(), Some("img"), "{e}");
+            assert_eq!(
+                e.field.as_deref(),
+                Some("match.pod.containers[*].image"),
+                "{arg}: {e}"
+            );
+        }
+        assert!(reg("registry_in: ['*.dkr.ecr.*.amazonaws.com', 'my.reg:5000']").is_ok());
+        // Fine paths load.
+        for path in [
+            "requestObject.spec.containers[*].image",
+            "requestObject.rules[*].verbs",
+            "pod.hostNetwork",
+            "requestObject.metadata.labels.app.kubernetes.io/name",
+        ] {
+            load_rules("ok.yaml", &base.replace("FIELD", path)).expect(path);
+        }
+    }
+
+    #[test]
+    fn body_conditions_are_evaluated_after_decoded_ones() {
+        let r = &load_rules(
+            "x.yaml",
+            "id: r\nmatch:\n  pod.hostPID: true\n  requestObject.kind: Pod\n  annotations.authorization.k8s.io/decision: allow\n  verb: create\n  any: [{pod.hostIPC: true}, {verb: patch}]\nwindow: 1m\nthreshold: 1\n",
+        )
+        .unwrap()[0];
+        let order: Vec<u8> = r.conditions.iter().map(Cond::cost).collect();
+        assert_eq!(order, [0, 1, 2, 2, 2]);
+        let Cond::Field { path, .. } = &r.conditions[0] else {
+            panic!("{:?}", r.conditions[0]);
+        };
+        assert_eq!(path, "verb");
+
+        // The body is parsed only when the cheaper conditions hold, whatever the order written.
+        let r = &load_rules(
+            "x.yaml",
+            "id: r\nmatch:\n  pod.hostPID: true\n  verb: delete\nwindow: 1m\nthreshold: 1\n",
+        )
+        .unwrap()[0];
+        let line = br#"{"kind":"Event","auditID":"a","verb":"create","objectRef":{"resource":"pods","namespace":"d","name":"p"},"requestObject":{"kind":"Pod","spec":{"hostPID":true}}}"#;
+        let Ok(authwatch_event::event::Decoded::Event(ev)) = authwatch_event::event::decode(line)
+        else {
+            panic!("not an event");
+        };
+        let view = authwatch_event::EventView {
+            event: &ev,
+            host: None,
+            log_group: None,
+            time: None,
+        };
+        let facts = EventFacts::new(&view);
+        assert!(!r.matches(&facts));
+        assert!(!facts.raw_parsed(), "verb: delete failed first");
+        let create = &load_rules(
+            "x.yaml",
+            "id: r\nmatch:\n  pod.hostPID: true\n  verb: create\nwindow: 1m\nthreshold: 1\n",
+        )
+        .unwrap()[0];
+        assert!(create.matches(&facts));
+        assert!(facts.raw_parsed());
     }
 
     #[test]

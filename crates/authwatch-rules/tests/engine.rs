@@ -736,7 +736,7 @@ proptest! {
     }
 }
 
-/// A restart or failover (issue #10, README "Restarts"): the first engine reads the events up
+/// A restart or failover (issue #10, docs/live-cloudwatch.md): the first engine reads the events up
 /// to `cut`, a fresh engine is told the alerts the first one sent
 /// ([`Engine::remember_sent`]) and reads again from `cut − (window + cooldown)`. What the
 /// second one sends, less the ids the first already sent, plus the first one's alerts,

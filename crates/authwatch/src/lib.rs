@@ -12,17 +12,17 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 pub mod alarms;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod generate;
 pub mod iam;
-pub mod input;
 pub mod investigate;
-pub mod kinesis_run;
-pub mod live;
 pub mod pipeline;
 pub mod replay;
 pub mod rule_files;
 pub mod service;
 pub mod sinks;
+pub mod sources;
 pub mod summary;
+pub mod telemetry;

@@ -15,11 +15,11 @@ use std::sync::{mpsc, Mutex};
 use authwatch_event::framing::FramingError;
 use authwatch_event::RawRecord;
 
-use crate::input::{plan, FormatChoice, InputError, Location, Plan};
 use crate::pipeline::{Outcome, Pipeline};
-use crate::sinks::cloudwatch_metrics::{MetricsConfig, MetricsPublisher, UNKNOWN_CLUSTER};
 use crate::sinks::AlertSink;
+use crate::sources::files::{plan, FormatChoice, InputError, Location, Plan};
 use crate::summary::Summary;
+use crate::telemetry::cloudwatch_metrics::{MetricsConfig, MetricsPublisher, UNKNOWN_CLUSTER};
 
 /// What `authwatch replay` was asked to do.
 #[derive(Debug, Clone)]

@@ -180,6 +180,13 @@ fn rules_check_lists_the_bundled_set() {
     for id in ["denied-by-host", "denied-by-source-ip", "denied-by-user"] {
         assert!(out.contains(id), "{out}");
     }
+    // Rules that read request bodies say so; the denial rules do not.
+    let err = String::from_utf8(o.stderr.clone()).unwrap();
+    assert!(
+        err.contains("rule `privileged-container` reads the request body (pod.containers[*].securityContext.privileged)"),
+        "{err}"
+    );
+    assert!(!err.contains("rule `denied-by-source-ip` reads"), "{err}");
 }
 
 #[test]

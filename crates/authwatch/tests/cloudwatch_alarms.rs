@@ -15,20 +15,6 @@ use aws_sdk_cloudwatch::types::{Dimension, StateValue};
 use serde_json::Value;
 use support::*;
 
-/// LocalStack's endpoint, or `None` (with a notice) outside CI.
-fn localstack() -> Option<String> {
-    match std::env::var("AUTHWATCH_LOCALSTACK_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true but AUTHWATCH_LOCALSTACK_URL is unset: these tests need LocalStack (.ci/run starts it)");
-            }
-            eprintln!("notice: AUTHWATCH_LOCALSTACK_URL is unset; skipping the CloudWatch test");
-            None
-        }
-    }
-}
-
 struct Aws {
     rt: tokio::runtime::Runtime,
     cw: aws_sdk_cloudwatch::Client,
@@ -134,6 +120,11 @@ fn alarms_sync_creates_then_changes_nothing_and_prunes_only_its_own() {
         )
         .unwrap();
     let rules = rules_dir();
+    // One alarm per bundled rule plus the denied-requests alarm.
+    let n_rules = authwatch::rule_files::load(&[std::path::PathBuf::from(&rules)])
+        .unwrap()
+        .len();
+    let changes = n_rules + 1;
     let sync = |extra: &[&str]| {
         let mut args = vec![
             "alarms",
@@ -153,7 +144,7 @@ fn alarms_sync_creates_then_changes_nothing_and_prunes_only_its_own() {
     let dry = sync(&["--dry-run"]);
     assert!(dry.status.success(), "{}", text(&dry));
     assert!(
-        text(&dry).contains("dry run: 11 change(s) not applied"),
+        text(&dry).contains(&format!("dry run: {changes} change(s) not applied")),
         "{}",
         text(&dry)
     );
@@ -162,12 +153,16 @@ fn alarms_sync_creates_then_changes_nothing_and_prunes_only_its_own() {
     let first = sync(&[]);
     assert!(first.status.success(), "{}", text(&first));
     assert!(
-        text(&first).contains("applied 11 change(s)"),
+        text(&first).contains(&format!("applied {changes} change(s)")),
         "{}",
         text(&first)
     );
     let alarms = aws.alarms(&prefix);
-    assert_eq!(alarms.len(), 12);
+    assert_eq!(
+        alarms.len(),
+        changes + 1,
+        "the rules' alarms and the handmade one"
+    );
     let by_ip = alarms
         .iter()
         .find(|a| a.alarm_name() == Some(&format!("{prefix}denied-by-source-ip")))
@@ -217,7 +212,7 @@ fn alarms_sync_creates_then_changes_nothing_and_prunes_only_its_own() {
     let second = sync(&[]);
     assert!(second.status.success(), "{}", text(&second));
     assert!(
-        text(&second).contains("no change (11 alarms)"),
+        text(&second).contains(&format!("no change ({changes} alarms)")),
         "{}",
         text(&second)
     );
@@ -374,25 +369,7 @@ fn planted_attack_becomes_metrics_then_alarm_then_an_sns_message_in_sqs() {
     assert_eq!(alerts(&alerts_file).len(), 1);
 
     // The metrics, with their dimensions.
-    let listed = aws
-        .rt
-        .block_on(aws.cw.list_metrics().namespace(&namespace).send())
-        .unwrap();
-    let mut seen: Vec<String> = listed
-        .metrics()
-        .iter()
-        .map(|m| {
-            let mut d: Vec<String> = m
-                .dimensions()
-                .iter()
-                .map(|d| format!("{}={}", d.name().unwrap(), d.value().unwrap()))
-                .collect();
-            d.sort();
-            format!("{} {}", m.metric_name().unwrap(), d.join(","))
-        })
-        .collect();
-    seen.sort();
-    seen.dedup();
+    let seen = metric_series(&aws.rt, &aws.cw, &namespace);
     for want in [
         format!("DeniedRequests Cluster={cluster}"),
         format!("DeniedRequests Cluster={cluster},Code=401"),

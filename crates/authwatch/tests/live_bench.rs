@@ -1,4 +1,4 @@
-//! Measurements of `authwatch run` against the emulator (README "Live ingestion"). Ignored by
+//! Measurements of `authwatch run` against the emulator (docs/live-cloudwatch.md). Ignored by
 //! default (they take minutes); run with
 //! `AWS_ENDPOINT_URL=http://127.0.0.1:5000 cargo test --release -p authwatch --test live_bench -- --ignored --nocapture --test-threads 1`.
 

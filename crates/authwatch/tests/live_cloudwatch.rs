@@ -1,5 +1,5 @@
 //! `authwatch run` against a real CloudWatch Logs emulator (moto's server, started by
-//! `.ci/run`; see README "Live ingestion"): steady flow, late delivery, a stream that appears
+//! `.ci/run`; see docs/live-cloudwatch.md): steady flow, late delivery, a stream that appears
 //! mid-run, `kill -9` and restart, and API faults injected by a proxy.
 //!
 //! Every test uses its own log group, so they can run in parallel on one emulator.

@@ -1,5 +1,5 @@
 //! The container setup without a container (no base image can be pulled on our machines):
-//! every manifest in `docker/` parses and says what the README promises; the IAM policies
+//! every manifest in `docker/` parses and says what docs/service.md promises; the IAM policies
 //! grant exactly the actions of `authwatch::iam`, which is checked against the SDK calls in
 //! the source; and the binary runs as the image's entrypoint would: as UID 65532, with only
 //! the environment the manifests set, writing nothing outside its state directory, stopping
@@ -140,10 +140,36 @@ fn policy_actions(file: &str) -> BTreeSet<String> {
 
 /// `client.<method>()` calls in a source file, as IAM actions of `service`.
 fn sdk_calls(file: &str, service: &str) -> BTreeSet<String> {
-    let text = std::fs::read_to_string(repo().join(file)).unwrap();
+    sdk_calls_in_file(&repo().join(file), service)
+}
+
+fn sdk_calls_in_file(path: &Path, service: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(path).unwrap();
     let re = regex::Regex::new(r"client\s*\.([a-z_]+)\(\)").unwrap();
     re.captures_iter(&text)
         .map(|c| authwatch::iam::action_of(service, &c[1]))
+        .collect()
+}
+
+/// [`sdk_calls`] of every `.rs` file under `dir` (a directory module), subdirectories
+/// included.
+fn sdk_calls_in_dir(dir: &str, service: &str) -> BTreeSet<String> {
+    fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rs_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    rs_files(&repo().join(dir), &mut files);
+    assert!(!files.is_empty(), "no .rs file under {dir}");
+    files
+        .iter()
+        .flat_map(|f| sdk_calls_in_file(f, service))
         .collect()
 }
 
@@ -153,7 +179,7 @@ fn iam_policies_grant_exactly_the_calls_the_code_makes() {
     let mut run_calls = sdk_calls("crates/authwatch-aws/src/reader.rs", "logs");
     run_calls.extend(sdk_calls("crates/authwatch/src/sinks/sns.rs", "sns"));
     run_calls.extend(sdk_calls(
-        "crates/authwatch/src/sinks/cloudwatch_metrics.rs",
+        "crates/authwatch/src/telemetry/cloudwatch_metrics.rs",
         "cloudwatch",
     ));
     assert_eq!(run_calls, set(authwatch::iam::RUN_ACTIONS));
@@ -170,7 +196,10 @@ fn iam_policies_grant_exactly_the_calls_the_code_makes() {
         set(authwatch::iam::ALARMS_SYNC_ACTIONS)
     );
     let mut kinesis_calls = sdk_calls("crates/authwatch-aws/src/kinesis.rs", "kinesis");
-    kinesis_calls.extend(sdk_calls("crates/authwatch-aws/src/lease.rs", "dynamodb"));
+    kinesis_calls.extend(sdk_calls_in_dir(
+        "crates/authwatch-aws/src/lease",
+        "dynamodb",
+    ));
     assert_eq!(kinesis_calls, set(authwatch::iam::KINESIS_RUN_ACTIONS));
     assert_eq!(
         policy_actions("kinesis-run-policy.json"),

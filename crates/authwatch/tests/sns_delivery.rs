@@ -642,3 +642,82 @@ fn sns_down_during_a_live_run_then_back_publishes_every_alert_once_in_order() {
     want.sort();
     assert_eq!(received, want, "each alert reaches the queue once");
 }
+
+/// A privileged pod created in a live run (issue #17): the request becomes an SNS message
+/// whose alert carries its evidence (the pod, the offending container, who asked, the IAM
+/// principal behind them, from where), read back from the subscribed queue.
+#[test]
+fn a_privileged_pod_created_live_reaches_sns_with_its_evidence() {
+    let Some(ep) = emulator() else { return };
+    let aws = Aws::new(&ep);
+    let (topic, queue) = aws.topic_with_queue("posture", false);
+    let emu = Emu::new(&ep);
+    let stream = "kube-apiserver-audit-0123456789abcdef0123456789abcdef";
+    let g = group_with_streams(&emu, "posture", &[stream]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.jsonl");
+    let run = start_run_with_env(
+        &ep,
+        &g,
+        &dir.path().join("state"),
+        &out,
+        &["--sns-topic-arn", &topic],
+        &[],
+    );
+    let t = now_ms();
+    let pod = format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"5f1c2a4e-priv-pod-0001","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/prod/pods","verb":"create","user":{{"username":"mallory","groups":["system:authenticated"],"extra":{{"accessKeyId":["ASIAEXAMPLEMALLORY1"],"arn":["arn:aws:sts::111122223333:assumed-role/dev-role/mallory"],"canonicalArn":["arn:aws:iam::111122223333:role/dev-role"],"sessionName":["mallory"]}}}},"sourceIPs":["203.0.113.77"],"userAgent":"kubectl/v1.31.2 (linux/amd64)","objectRef":{{"resource":"pods","namespace":"prod","name":"debug-shell","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":201}},"requestObject":{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"debug-shell","namespace":"prod"}},"spec":{{"containers":[{{"name":"shell","image":"123456789012.dkr.ecr.eu-west-1.amazonaws.com/tools:1.2","securityContext":{{"privileged":true}}}}]}}}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#,
+        ts = rfc3339_ms(t)
+    );
+    emu.put(&g, stream, &[(t, pod)]);
+    let mut noise = Noise::load();
+    let fired = wait_until(Duration::from_secs(40), || {
+        emu.put(&g, stream, &[noise.event(now_ms())]);
+        std::thread::sleep(Duration::from_millis(500));
+        alerts(&out)
+            .iter()
+            .any(|a| a["rule"] == "privileged-container")
+    });
+    assert!(
+        fired,
+        "no privileged-container alert\n{}",
+        run.stderr_text()
+    );
+    let mut envelope = None;
+    for _ in 0..20 {
+        envelope = aws
+            .drain(&queue)
+            .into_iter()
+            .find(|e| alert_of(e)["rule"] == "privileged-container");
+        if envelope.is_some() {
+            break;
+        }
+    }
+    let envelope = envelope.expect("the alert reaches the queue");
+    let alert = alert_of(&envelope);
+    let e = &alert["evidence"];
+    assert_eq!(e["audit_id"], "5f1c2a4e-priv-pod-0001");
+    assert_eq!(e["verb"], "create");
+    assert_eq!(e["object"]["kind"], "Pod");
+    assert_eq!(e["object"]["namespace"], "prod");
+    assert_eq!(e["object"]["name"], "debug-shell");
+    assert_eq!(e["containers"][0]["name"], "shell");
+    assert_eq!(e["containers"][0]["privileged"], true);
+    assert_eq!(e["user"], "mallory");
+    assert_eq!(
+        e["iam_principal"],
+        "arn:aws:iam::111122223333:role/dev-role"
+    );
+    assert_eq!(e["access_key_id"], "ASIAEXAMPLEMALLORY1");
+    assert_eq!(e["source_ips"][0], "203.0.113.77");
+    assert_eq!(e["host"], stream);
+    assert_eq!(
+        alert["iam_principals"][0],
+        "arn:aws:iam::111122223333:role/dev-role"
+    );
+    let subject = envelope["Subject"].as_str().unwrap();
+    assert!(
+        subject.contains("privileged-container: create Pod prod/debug-shell by mallory"),
+        "{subject}"
+    );
+}

@@ -51,16 +51,20 @@ pub enum Dim {
     VerbResource,
     /// `responseStatus.code`.
     Code,
+    /// The IAM principal behind the user on EKS (`user.extra.canonicalArn`, else
+    /// `user.extra.arn`): the role to look up in CloudTrail.
+    IamPrincipal,
 }
 
 /// Every dimension, in output order.
-pub const DIMS: [Dim; 6] = [
+pub const DIMS: [Dim; 7] = [
     Dim::Host,
     Dim::SourceIp,
     Dim::User,
     Dim::UserAgent,
     Dim::VerbResource,
     Dim::Code,
+    Dim::IamPrincipal,
 ];
 
 impl Dim {
@@ -73,13 +77,14 @@ impl Dim {
             Dim::UserAgent => "userAgent",
             Dim::VerbResource => "verb+resource",
             Dim::Code => "responseStatus.code",
+            Dim::IamPrincipal => "user.extra.canonicalArn",
         }
     }
 
     /// Whose distinct values are counted per value of this dimension.
     pub fn counterpart(self) -> Dim {
         match self {
-            Dim::SourceIp | Dim::VerbResource => Dim::User,
+            Dim::SourceIp | Dim::VerbResource | Dim::IamPrincipal => Dim::User,
             _ => Dim::SourceIp,
         }
     }
@@ -94,7 +99,7 @@ impl Dim {
 }
 
 /// The values of every dimension for one event (sourceIPs may have several).
-pub fn dim_values(view: &EventView<'_, '_>) -> [Vec<String>; 6] {
+pub fn dim_values(view: &EventView<'_, '_>) -> [Vec<String>; 7] {
     let ev = view.event;
     let one = |s: Option<&str>| s.map(str::to_owned).into_iter().collect::<Vec<_>>();
     let mut ips: Vec<String> = Vec::new();
@@ -132,6 +137,7 @@ pub fn dim_values(view: &EventView<'_, '_>) -> [Vec<String>; 6] {
         one(ev.user_agent.as_ref().map(|u| u.as_str())),
         vr,
         ev.code().map(|c| c.to_string()).into_iter().collect(),
+        ev.iam_principal().into_iter().collect(),
     ]
 }
 
@@ -139,7 +145,7 @@ pub fn dim_values(view: &EventView<'_, '_>) -> [Vec<String>; 6] {
 #[derive(Debug)]
 pub struct Aggregator {
     tables: Vec<Table>,
-    missing: [u64; 6],
+    missing: [u64; 7],
     /// Slot width in microseconds.
     res: Micros,
     fixed_bucket: Option<Micros>,
@@ -167,7 +173,7 @@ impl Aggregator {
     pub fn new(exact_limit: usize, bucket: Option<Micros>) -> Aggregator {
         Aggregator {
             tables: DIMS.iter().map(|_| Table::new(exact_limit)).collect(),
-            missing: [0; 6],
+            missing: [0; 7],
             res: bucket.unwrap_or(SEC),
             fixed_bucket: bucket,
             min_t: None,

@@ -22,10 +22,10 @@ use authwatch_rules::field::EventFacts;
 use authwatch_rules::rule::parse_duration;
 use authwatch_rules::{load_rules, Alert, Engine, EngineConfig, Prefilter, Rule};
 
-use crate::input::{plan, FormatChoice, Location};
 use crate::pipeline::Pipeline;
 use crate::rule_files;
 use crate::sinks::AlertSink;
+use crate::sources::files::{plan, FormatChoice, Location};
 
 use agg::{Aggregator, KeyReport, ReportHead};
 
@@ -34,7 +34,7 @@ use agg::{Aggregator, KeyReport, ReportHead};
 pub enum OutFormat {
     /// Tables with sparklines (colours on a terminal only).
     Text,
-    /// One JSON object (shape in the README).
+    /// One JSON object (shape in docs/investigate.md).
     Json,
     /// One row per dimension and value.
     Csv,
@@ -337,7 +337,7 @@ pub fn investigate(args: &InvestigateArgs) -> Result<agg::Report, InvestigateErr
         pipeline.on_record(record, loc)
     };
     match range {
-        Some(range) => crate::live::for_each_range_record(
+        Some(range) => crate::sources::log_group_range::for_each_range_record(
             &args.log_group,
             args.region.clone(),
             range,

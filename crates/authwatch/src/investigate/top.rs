@@ -22,10 +22,10 @@ use ratatui::widgets::{Block, Paragraph, Row, Table};
 
 use super::agg::{clean, dim_values};
 use super::build_filter;
-use crate::input::{plan, FormatChoice};
 use crate::pipeline::Pipeline;
 use crate::rule_files;
 use crate::sinks::AlertSink;
+use crate::sources::files::{plan, FormatChoice};
 
 /// `authwatch top`.
 #[derive(Debug, clap::Args)]
@@ -34,7 +34,7 @@ pub struct TopArgs {
     #[arg(required = true, value_name = "PATH")]
     pub inputs: Vec<PathBuf>,
     /// Input framing: auto (by content), jsonl, cw-export, filter-log-events, subscription.
-    #[arg(long, default_value = "auto", value_parser = crate::input::FormatChoice::parse_arg)]
+    #[arg(long, default_value = "auto", value_parser = crate::sources::files::FormatChoice::parse_arg)]
     pub input_format: FormatChoice,
     /// Rule files or directories (default: the bundled rules), for the alerts.
     #[arg(long = "rules", value_name = "PATH")]
@@ -71,7 +71,7 @@ pub struct TopState {
 }
 
 impl TopState {
-    fn add(&mut self, t: Micros, values: &[Vec<String>; 6]) {
+    fn add(&mut self, t: Micros, values: &[Vec<String>; 7]) {
         self.denied += 1;
         let newest = self.newest.map_or(t, |n| n.max(t));
         self.newest = Some(newest);
@@ -357,11 +357,12 @@ fn ui(
 mod tests {
     use super::*;
 
-    fn vals(ip: &str, user: &str) -> [Vec<String>; 6] {
+    fn vals(ip: &str, user: &str) -> [Vec<String>; 7] {
         [
             vec!["h".into()],
             vec![ip.into()],
             vec![user.into()],
+            vec![],
             vec![],
             vec![],
             vec![],

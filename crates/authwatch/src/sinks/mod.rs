@@ -6,7 +6,6 @@ use std::io;
 
 use authwatch_rules::Alert;
 
-pub mod cloudwatch_metrics;
 pub mod json_lines;
 pub mod ledger;
 pub mod notification;

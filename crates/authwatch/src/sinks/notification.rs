@@ -108,6 +108,24 @@ fn key_values(alert: &Alert) -> String {
 
 /// A one-line headline: what happened, how much, from where.
 fn headline_parts(alert: &Alert) -> (String, String) {
+    if let Some(e) = &alert.evidence {
+        // One request: say what it was, of which object, by whom.
+        let o = &e.object;
+        let object = match (&o.namespace, &o.name) {
+            (Some(ns), Some(n)) => format!("{ns}/{n}"),
+            (None, Some(n)) => n.clone(),
+            (Some(ns), None) => format!("{ns}/-"),
+            (None, None) => "-".to_owned(),
+        };
+        let what = format!(
+            "{}: {} {} {object} by {}",
+            alert.rule,
+            e.verb.as_deref().unwrap_or("-"),
+            o.kind.as_deref().unwrap_or("-"),
+            e.user.as_deref().unwrap_or("-")
+        );
+        return (what, String::new());
+    }
     let what = match alert.kind {
         "distinct" => format!(
             "{} distinct values",
@@ -165,6 +183,11 @@ fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
+/// One value, cleaned, or `-`.
+fn one(v: Option<&str>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| clean(v, MAX_VALUE_CHARS))
+}
+
 fn list(values: &[String]) -> String {
     if values.is_empty() {
         return "-".into();
@@ -186,7 +209,8 @@ pub fn text_body(alert: &Alert) -> String {
         "authwatch alert: {} ({}) - {}",
         clean(&alert.rule, 100),
         alert.severity.as_str(),
-        what
+        // A one-request headline holds the request's own values.
+        clean(&what, 400)
     );
     if let Some(c) = &alert.cluster {
         let _ = writeln!(t, "Cluster:      {}", clean(c, 100));
@@ -224,11 +248,87 @@ pub fn text_body(alert: &Alert) -> String {
         let _ = writeln!(t, "Codes:        {}", counts(&alert.codes));
     }
     let _ = writeln!(t, "Users:        {}", list(&alert.users));
+    // The IAM principal behind the Kubernetes user (EKS): what CloudTrail is searched by.
+    for (label, values, total) in [
+        (
+            "IAM:          ",
+            &alert.iam_principals,
+            alert.iam_principal_count,
+        ),
+        (
+            "Access keys:  ",
+            &alert.access_key_ids,
+            alert.access_key_id_count,
+        ),
+    ] {
+        if !values.is_empty() {
+            let more = if total > values.len() as u64 {
+                format!(" ({total} in all)")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(t, "{label}{}{more}", list(values));
+        }
+    }
     let _ = writeln!(t, "API servers:  {}", list(&alert.hosts));
     if !alert.verbs.is_empty() {
         let _ = writeln!(t, "Verbs:        {}", counts(&alert.verbs));
     }
     let _ = writeln!(t, "Audit IDs:    {}", list(&alert.sample_audit_ids));
+    // A one-request alert: the request itself.
+    if let Some(e) = &alert.evidence {
+        let o = &e.object;
+        let _ = writeln!(
+            t,
+            "Object:       kind {} namespace {} name {}{}",
+            one(o.kind.as_deref()),
+            one(o.namespace.as_deref()),
+            one(o.name.as_deref()),
+            o.subresource
+                .as_deref()
+                .map(|s| format!(" subresource {}", clean(s, MAX_VALUE_CHARS)))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            t,
+            "Request:      {} {} -> {}",
+            one(e.verb.as_deref()),
+            one(e.request_uri.as_deref()),
+            e.code.map_or_else(|| "-".to_owned(), |c| c.to_string())
+        );
+        for c in &e.containers {
+            let mut flags = Vec::new();
+            if c.privileged == Some(true) {
+                flags.push("privileged");
+            }
+            if c.allow_privilege_escalation == Some(true) {
+                flags.push("allowPrivilegeEscalation");
+            }
+            let _ = writeln!(
+                t,
+                "Container:    {} image {}{}",
+                one(c.name.as_deref()),
+                one(c.image.as_deref()),
+                if flags.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", flags.join(", "))
+                }
+            );
+        }
+        if !e.host_access.is_empty() {
+            let _ = writeln!(t, "Host access:  {}", list(&e.host_access));
+        }
+        let _ = writeln!(
+            t,
+            "By:           {} (IAM {}) from {} via {} ({})",
+            one(e.user.as_deref()),
+            one(e.iam_principal.as_deref()),
+            list(&e.source_ips),
+            one(e.host.as_deref()),
+            one(e.user_agent.as_deref())
+        );
+    }
     if !alert.description.is_empty() {
         let _ = writeln!(t, "\n{}", clean(&alert.description, 2000));
     }
@@ -269,6 +369,10 @@ pub(crate) mod tests {
             hosts: vec!["kube-apiserver-audit-1".into()],
             users: vec![user.into()],
             verbs: BTreeMap::from([("list".into(), 47)]),
+            iam_principals: Vec::new(),
+            iam_principal_count: 0,
+            access_key_ids: Vec::new(),
+            access_key_id_count: 0,
             cluster: Some("prod".into()),
             alert_id: "0123456789abcdef".into(),
             kind: "threshold",
@@ -278,6 +382,7 @@ pub(crate) mod tests {
             baseline_count: None,
             ratio: None,
             evicted_keys: None,
+            evidence: None,
         }
     }
 
@@ -335,6 +440,102 @@ pub(crate) mod tests {
                 text_body(&alert_with("k", "u")).lines().count()
             );
         }
+    }
+
+    #[test]
+    fn the_body_names_the_iam_principals_and_access_keys_cleaned() {
+        let mut a = alert_with("198.51.100.7", "admin");
+        assert!(
+            !text_body(&a).contains("IAM:"),
+            "no line without a principal"
+        );
+        a.iam_principals = vec![
+            "arn:aws:iam::111122223333:role/ops".into(),
+            "arn:aws:iam::111122223333:role/x\r\nSubject: forged <b>".into(),
+        ];
+        a.iam_principal_count = 12;
+        a.access_key_ids = vec!["ASIAEXAMPLE".into()];
+        a.access_key_id_count = 1;
+        let body = text_body(&a);
+        let iam = body.lines().find(|l| l.starts_with("IAM:")).unwrap();
+        assert!(iam.contains("arn:aws:iam::111122223333:role/ops"), "{iam}");
+        assert!(iam.ends_with("(12 in all)"), "{iam}");
+        let keys = body
+            .lines()
+            .find(|l| l.starts_with("Access keys:"))
+            .unwrap();
+        assert_eq!(keys, "Access keys:  ASIAEXAMPLE");
+        for line in body.lines() {
+            assert!(!line.starts_with("Subject:"), "{line:?}");
+        }
+        assert!(!body.contains('\r') && !body.contains('<'), "{body:?}");
+    }
+
+    #[test]
+    fn a_one_request_alert_shows_its_request_cleaned() {
+        use authwatch_rules::alert::{Evidence, ObjectEvidence};
+        let mut a = alert_with("prod/web", "admin");
+        a.evidence = Some(Evidence {
+            audit_id: Some("a1".into()),
+            verb: Some("create".into()),
+            request_uri: Some("/api/v1/namespaces/prod/pods".into()),
+            code: Some(201),
+            object: ObjectEvidence {
+                kind: Some("Pod".into()),
+                namespace: Some("prod".into()),
+                name: Some("web\r\nSubject: forged".into()),
+                ..Default::default()
+            },
+            user: Some("admin".into()),
+            iam_principal: Some("arn:aws:iam::111122223333:role/ops".into()),
+            source_ips: vec!["198.51.100.7".into()],
+            user_agent: Some("kubectl/v1.31 <script>".into()),
+            host: Some("kube-apiserver-audit-1".into()),
+            containers: vec![authwatch_rules::alert::ContainerEvidence {
+                name: Some("app".into()),
+                image: Some("docker.io/evil/miner:latest\nSubject: x".into()),
+                privileged: Some(true),
+                allow_privilege_escalation: None,
+            }],
+            host_access: vec!["hostPID".into(), "hostPath /".into()],
+            ..Default::default()
+        });
+        let subject = subject(&a);
+        assert!(
+            subject.starts_with("[authwatch] high: denied-by-source-ip: create Pod prod/web"),
+            "{subject}"
+        );
+        assert!(
+            !subject.contains('\r') && !subject.contains('\n'),
+            "{subject}"
+        );
+        let body = text_body(&a);
+        let object = body.lines().find(|l| l.starts_with("Object:")).unwrap();
+        assert!(
+            object.contains("kind Pod namespace prod name web"),
+            "{object}"
+        );
+        let request = body.lines().find(|l| l.starts_with("Request:")).unwrap();
+        assert_eq!(
+            request,
+            "Request:      create /api/v1/namespaces/prod/pods -> 201"
+        );
+        let container = body.lines().find(|l| l.starts_with("Container:")).unwrap();
+        assert!(
+            container.starts_with("Container:    app image docker.io/evil/miner:latest")
+                && container.ends_with("(privileged)"),
+            "{container}"
+        );
+        let host = body
+            .lines()
+            .find(|l| l.starts_with("Host access:"))
+            .unwrap();
+        assert_eq!(host, "Host access:  hostPID, hostPath /");
+        let by = body.lines().find(|l| l.starts_with("By:")).unwrap();
+        assert!(by.contains("arn:aws:iam::111122223333:role/ops"), "{by}");
+        assert!(by.contains("198.51.100.7"), "{by}");
+        assert!(!body.lines().any(|l| l.starts_with("Subject:")), "{body}");
+        assert!(!body.contains('<') && !body.contains('\r'), "{body}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `authwatch run`: follow EKS audit log groups in CloudWatch Logs, and
-//! `authwatch replay --log-group`: the same reader over a closed time range.
+//! `authwatch run`: follow EKS audit log groups in CloudWatch Logs (the closed-range reading
+//! of `replay --log-group` is [`super::log_group_range`]).
 //!
 //! Per pass and log group: read new events ([`LogGroupReader::pass`]), feed them through the
 //! shared [`Pipeline`] (decode → engine → sinks), then checkpoint the position and the
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use authwatch_aws::reader::ReadError;
 use authwatch_aws::{
@@ -23,47 +23,14 @@ use authwatch_event::time::format_millis;
 use authwatch_event::{Micros, RawRecord};
 use authwatch_rules::{Engine, EngineConfig, Rule};
 
-use crate::input::Location;
+use super::files::Location;
+use super::{default_cluster, now_ms, remember_sent, rule_spans, StartAt, AUDIT_STREAM_PREFIX};
 use crate::pipeline::Pipeline;
-use crate::service::ServiceMetrics;
-use crate::sinks::cloudwatch_metrics::{MetricsConfig, MetricsPublisher, UNKNOWN_CLUSTER};
+use crate::service::{Health, ServiceOptions};
 use crate::sinks::ledger::{LedgerSink, SentLedger};
 use crate::sinks::AlertSink;
-
-/// The EKS audit stream prefix (the API log streams share `kube-apiserver-`).
-pub const AUDIT_STREAM_PREFIX: &str = "kube-apiserver-audit-";
-
-/// Where a run without a checkpoint starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartAt {
-    /// Now.
-    Now,
-    /// A fixed time, ms since epoch.
-    At(i64),
-    /// This long before now, ms.
-    Ago(i64),
-}
-
-impl StartAt {
-    /// Parses `now`, `-<duration>` or an RFC 3339 time.
-    pub fn parse(s: &str) -> Option<StartAt> {
-        if s == "now" {
-            return Some(StartAt::Now);
-        }
-        if let Some(d) = s.strip_prefix('-') {
-            return authwatch_rules::rule::parse_duration(d).map(|us| StartAt::Ago(us / 1000));
-        }
-        authwatch_event::time::parse_timestamp(s).map(|us| StartAt::At(us.div_euclid(1000)))
-    }
-
-    fn resolve(self, now_ms: i64) -> i64 {
-        match self {
-            StartAt::Now => now_ms,
-            StartAt::At(t) => t,
-            StartAt::Ago(d) => now_ms - d,
-        }
-    }
-}
+use crate::telemetry::cloudwatch_metrics::{MetricsConfig, MetricsPublisher};
+use crate::telemetry::http::Snapshot;
 
 /// What to do with a checkpoint that fails its checksum or does not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,27 +76,6 @@ pub struct RunOptions {
     pub http_addr: Option<std::net::SocketAddr>,
 }
 
-/// What `authwatch replay --log-group` was asked to do.
-#[derive(Debug, Clone)]
-pub struct RangeOptions {
-    /// Log groups to read.
-    pub log_groups: Vec<String>,
-    /// `--region`.
-    pub region: Option<String>,
-    /// Range start, ms (inclusive).
-    pub start_ms: i64,
-    /// Range end, ms (inclusive).
-    pub end_ms: i64,
-    /// `--api-rate`.
-    pub api_rate: f64,
-    /// `--max-lateness` (µs).
-    pub max_lateness: Micros,
-    /// `--cluster` for alerts (default: from the log group).
-    pub cluster: Option<String>,
-    /// Publish CloudWatch metrics.
-    pub metrics: Option<MetricsConfig>,
-}
-
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -157,62 +103,6 @@ impl LiveError {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The longest `window` and the longest `window + cooldown` of `rules`, µs.
-pub(crate) fn rule_spans(rules: &[Rule]) -> (Micros, Micros) {
-    let window = rules.iter().map(|r| r.window).max().unwrap_or(0);
-    let memory = rules
-        .iter()
-        .map(|r| r.window.saturating_add(r.cooldown))
-        .max()
-        .unwrap_or(0);
-    (window, memory)
-}
-
-/// Tells a rebuilt engine the alerts already sent, so that it keeps their cooldowns
-/// ([`Engine::remember_sent`]). Shared by the restart of `run` and the window replicas of
-/// the Kinesis mode.
-pub(crate) fn remember_sent<'a>(
-    engine: &mut Engine,
-    sent: impl IntoIterator<Item = &'a authwatch_aws::FiredAlert>,
-) {
-    let (mut kept, mut unknown) = (0u64, 0u64);
-    for f in sent {
-        if engine.remember_sent(&f.rule, &f.key, f.window_end_us) {
-            kept += 1;
-        } else if f.rule != authwatch_rules::CARDINALITY_RULE {
-            unknown += 1;
-        }
-    }
-    if kept + unknown > 0 {
-        tracing::info!(
-            "authwatch: the engine keeps the cooldowns of {kept} alerts already sent{}",
-            if unknown > 0 {
-                format!(" ({unknown} of rules no longer loaded are ignored)")
-            } else {
-                String::new()
-            }
-        );
-    }
-}
-
-/// The `Cluster` of metrics that no log group names: the configured one, else the first log
-/// group's.
-fn default_cluster<'a>(configured: Option<&'a str>, log_groups: &'a [String]) -> &'a str {
-    configured
-        .or_else(|| {
-            log_groups
-                .first()
-                .and_then(|g| authwatch_event::cluster_from_log_group(g))
-        })
-        .unwrap_or(UNKNOWN_CLUSTER)
-}
-
 /// Runs until killed (or until a sink or the state directory fails).
 pub fn run(opts: &RunOptions, rules: Vec<Rule>, sink: &mut dyn AlertSink) -> Result<(), LiveError> {
     crate::runtime()?.block_on(run_async(opts, rules, sink))
@@ -226,7 +116,7 @@ async fn run_async(
     let (max_window, memory) = rule_spans(&rules);
     let horizon_ms = memory / 1000 + opts.lookback_ms;
     let mut store = CheckpointStore::new(&opts.state_dir);
-    // Fault injection for the crash tests (README, Reliability): makes every state write
+    // Fault injection for the crash tests (docs/reliability.md): makes every state write
     // pause halfway so that a `kill -9` lands inside one.
     if let Some(ms) = std::env::var("AUTHWATCH_FAULT_STATE_WRITE_PAUSE_MS")
         .ok()
@@ -316,22 +206,7 @@ async fn run_async(
         &checkpoint.sent_alerts,
     )?));
     store.save(&checkpoint)?;
-    let mut state_writes = 1u64;
-    let mut state_write_failures = 0u64;
-    let mut state_failing: Option<std::time::Instant> = None;
-
-    // Readiness: every group read within three poll intervals (plus the time a pass of a
-    // busy group may take).
-    let service = Arc::new(std::sync::Mutex::new(ServiceMetrics::new(
-        &opts.log_groups,
-        opts.poll_interval * 3 + Duration::from_secs(30),
-    )));
-    lock(&service).state_loaded();
-    if let Some(addr) = opts.http_addr {
-        let bound = crate::service::serve(addr, service.clone())?;
-        tracing::info!("authwatch run: serving /healthz /readyz /metrics on http://{bound}");
-    }
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let state_writes = 1u64;
 
     let max_cooldown_ms = rules.iter().map(|r| r.cooldown).max().unwrap_or(0) / 1000;
     let mut engine = Engine::new(
@@ -352,35 +227,76 @@ async fn run_async(
             default_cluster(None, &opts.log_groups),
         );
     }
-    let mut index = 0u64;
-    let mut records_by_group: BTreeMap<String, u64> = BTreeMap::new();
-    let mut newest_by_group: BTreeMap<String, i64> = BTreeMap::new();
-    'run: loop {
+    // Readiness: every group read within three poll intervals (plus the time a pass of a
+    // busy group may take).
+    let service = ServiceOptions {
+        reads: opts.log_groups.clone(),
+        max_read_age: opts.poll_interval * 3 + Duration::from_secs(30),
+        http_addr: opts.http_addr,
+        snapshot_every: Duration::ZERO,
+    };
+    let mut poller = Poller {
+        opts,
+        readers,
+        pipeline,
+        checkpoint,
+        store,
+        ledger,
+        horizon_ms,
+        max_cooldown_ms,
+        index: 0,
+        records_by_group: BTreeMap::new(),
+        newest_by_group: BTreeMap::new(),
+        state_writes,
+        state_write_failures: 0,
+        state_failing: None,
+    };
+    crate::service::run(&mut poller, &service).await
+}
+
+/// The polling run as the service loop drives it: one step is a pass over every log group.
+struct Poller<'a> {
+    opts: &'a RunOptions,
+    readers: Vec<LogGroupReader>,
+    pipeline: Pipeline<'a>,
+    checkpoint: Checkpoint,
+    store: CheckpointStore,
+    ledger: Rc<RefCell<SentLedger>>,
+    horizon_ms: i64,
+    max_cooldown_ms: i64,
+    index: u64,
+    records_by_group: BTreeMap<String, u64>,
+    newest_by_group: BTreeMap<String, i64>,
+    state_writes: u64,
+    state_write_failures: u64,
+    state_failing: Option<std::time::Instant>,
+}
+
+impl crate::service::Job for Poller<'_> {
+    type Error = LiveError;
+
+    /// A signal ends the run between passes or in the middle of one (a pass cut short has
+    /// moved nothing: its events are read again by the next process).
+    const STOP_GRACE: Option<Duration> = None;
+
+    async fn step(&mut self, health: &Health) -> Result<Duration, LiveError> {
+        let opts = self.opts;
         let mut caught_up = true;
-        for reader in &mut readers {
+        for reader in &mut self.readers {
             let until = now_ms();
-            // A signal ends the run between passes or in the middle of one (a pass cut short
-            // has moved nothing: its events are read again by the next process).
-            let pass = tokio::select! {
-                biased;
-                signal = &mut shutdown => {
-                    tracing::info!("authwatch run: {signal}: stopping");
-                    break 'run;
-                }
-                pass = reader.pass(until) => pass?,
-            };
-            lock(&service).read_ok(reader.log_group());
+            let pass = reader.pass(until).await?;
+            health.read_ok(reader.log_group());
             if pass.position_ms < until {
                 caught_up = false;
             }
             let group = reader.log_group().to_owned();
-            *records_by_group.entry(group.clone()).or_default() += pass.events.len() as u64;
+            *self.records_by_group.entry(group.clone()).or_default() += pass.events.len() as u64;
             if let Some(newest) = pass.events.iter().map(|e| e.timestamp_ms).max() {
-                let e = newest_by_group.entry(group.clone()).or_insert(newest);
+                let e = self.newest_by_group.entry(group.clone()).or_insert(newest);
                 *e = (*e).max(newest);
             }
             for ev in &pass.events {
-                index += 1;
+                self.index += 1;
                 let record = RawRecord {
                     message: ev.message.as_bytes(),
                     stream: Some(&ev.stream),
@@ -388,19 +304,20 @@ async fn run_async(
                     cw_timestamp: Some(ev.timestamp_ms.saturating_mul(1000)),
                     event_id: Some(&ev.event_id),
                 };
-                pipeline.on_record(
+                self.pipeline.on_record(
                     Ok(record),
                     Location {
                         name: &group,
-                        index,
+                        index: self.index,
                         is_line: false,
                     },
                 )?;
             }
-            if let Some(p) = checkpoint.groups.get_mut(&group) {
+            if let Some(p) = self.checkpoint.groups.get_mut(&group) {
                 p.position_ms = pass.position_ms;
             }
-            let oldest = checkpoint
+            let oldest = self
+                .checkpoint
                 .groups
                 .values()
                 .map(|p| p.position_ms)
@@ -408,7 +325,7 @@ async fn run_async(
                 .unwrap_or(pass.position_ms);
             // Every group is read up to `oldest`: matches held for ordering up to there (less
             // the lateness bound) fire now, even if the log group falls silent.
-            pipeline.advance_to(
+            self.pipeline.advance_to(
                 oldest
                     .saturating_mul(1000)
                     .saturating_sub(opts.max_lateness),
@@ -417,105 +334,79 @@ async fn run_async(
             // Kept while a rebuild could re-read an event inside the alert's cooldown (the
             // rebuild re-reads by CloudWatch timestamp; an event's own time may be up to the
             // lateness bound earlier).
-            checkpoint.sent_alerts = ledger.borrow_mut().prune_and_snapshot(
-                oldest - horizon_ms - max_cooldown_ms - opts.max_lateness / 1000,
+            self.checkpoint.sent_alerts = self.ledger.borrow_mut().prune_and_snapshot(
+                oldest - self.horizon_ms - self.max_cooldown_ms - opts.max_lateness / 1000,
             );
             // A state directory that cannot be written (full disk, read-only volume) must
             // not blind the watcher: say so, count it, and keep alerting. Nothing is lost:
             // the position on disk stays where it was, so a restart re-reads from there.
-            match store.save(&checkpoint) {
+            match self.store.save(&self.checkpoint) {
                 Ok(()) => {
-                    state_writes += 1;
-                    if state_failing.take().is_some() {
+                    self.state_writes += 1;
+                    if self.state_failing.take().is_some() {
                         tracing::info!("authwatch run: state writes work again");
                     }
-                    if let Err(e) = ledger.borrow_mut().clear_journal() {
+                    if let Err(e) = self.ledger.borrow_mut().clear_journal() {
                         tracing::warn!("authwatch run: emptying the sent-alert journal: {e}");
                     }
                 }
                 Err(e) => {
-                    state_write_failures += 1;
-                    if state_failing
+                    self.state_write_failures += 1;
+                    if self
+                        .state_failing
                         .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(60))
                     {
-                        state_failing = Some(std::time::Instant::now());
+                        self.state_failing = Some(std::time::Instant::now());
                         tracing::error!(
                             "authwatch run: cannot write the state in {} ({e}); still reading and alerting, but a restart would re-read from the last saved position ({} failed writes so far)",
                             opts.state_dir.display(),
-                            state_write_failures
+                            self.state_write_failures
                         );
                     }
                 }
             }
         }
+        Ok(if caught_up {
+            opts.poll_interval
+        } else {
+            Duration::ZERO
+        })
+    }
+
+    fn snapshot(&self) -> Snapshot {
         let mut api_calls: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for r in &readers {
+        for r in &self.readers {
             for ((op, outcome), n) in r.call_outcomes() {
                 *api_calls
                     .entry(((*op).to_owned(), (*outcome).to_owned()))
                     .or_default() += n;
             }
         }
-        lock(&service).update(snapshot(
-            &pipeline,
+        snapshot(
+            &self.pipeline,
             api_calls,
-            &records_by_group,
-            &newest_by_group,
-            (state_writes, state_write_failures),
-        ));
-        if caught_up {
-            tokio::select! {
-                biased;
-                signal = &mut shutdown => {
-                    tracing::info!("authwatch run: {signal}: stopping");
-                    break 'run;
-                }
-                () = tokio::time::sleep(opts.poll_interval) => {}
-            }
-        }
+            &self.records_by_group,
+            &self.newest_by_group,
+            (self.state_writes, self.state_write_failures),
+        )
     }
-    // Everything of the finished passes is delivered and checkpointed; flush the sinks, send
-    // the last metrics, and write the state once more.
-    pipeline.stop()?;
-    drop(pipeline);
-    if let Err(e) = store.save(&checkpoint) {
-        tracing::error!("authwatch run: writing the state at shutdown: {e}");
-    }
-    tracing::info!(
-        "authwatch run: stopped; state in {}",
-        opts.state_dir.display()
-    );
-    Ok(())
-}
 
-/// Waits for SIGTERM or SIGINT (Ctrl-C); names the one that came.
-pub(crate) async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "interrupt"
-            }
+    async fn stop(&mut self, failed: bool) -> Result<(), LiveError> {
+        if failed {
+            return Ok(());
         }
+        // Everything of the finished passes is delivered and checkpointed; flush the sinks,
+        // send the last metrics, and write the state once more.
+        self.pipeline.stop()?;
+        if let Err(e) = self.store.save(&self.checkpoint) {
+            tracing::error!("authwatch run: writing the state at shutdown: {e}");
+        }
+        tracing::info!(
+            "authwatch run: stopped; state in {}",
+            self.opts.state_dir.display()
+        );
+        Ok(())
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "interrupt"
-    }
-}
-
-fn lock(m: &std::sync::Mutex<ServiceMetrics>) -> std::sync::MutexGuard<'_, ServiceMetrics> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn snapshot(
@@ -524,7 +415,7 @@ fn snapshot(
     records: &BTreeMap<String, u64>,
     newest: &BTreeMap<String, i64>,
     (state_writes, state_write_failures): (u64, u64),
-) -> crate::service::Snapshot {
+) -> Snapshot {
     let c = pipeline.counters();
     let e = pipeline.engine_stats();
     let now = now_ms();
@@ -538,7 +429,7 @@ fn snapshot(
     events.insert("missing_group_key", e.missing_group_key);
     events.insert("fanout_capped", e.fanout_capped);
     events.insert("future", c.future_events);
-    crate::service::Snapshot {
+    Snapshot {
         records: records.clone(),
         events,
         parse_errors: c
@@ -558,99 +449,4 @@ fn snapshot(
         state_writes,
         state_write_failures,
     }
-}
-
-/// Reads `[start, end]` of each log group once, with the live reader, and finishes the
-/// engine. API errors other than throttling, 5xx and connection failures end it.
-pub fn replay_range(
-    opts: &RangeOptions,
-    rules: Vec<Rule>,
-    sink: &mut dyn AlertSink,
-) -> Result<crate::pipeline::Counters, LiveError> {
-    let engine = Engine::new(
-        rules,
-        EngineConfig {
-            max_lateness: opts.max_lateness,
-            cluster: opts.cluster.clone(),
-            ..EngineConfig::default()
-        },
-    );
-    let mut pipeline = Pipeline::new(engine, vec![sink], false);
-    if let Some(config) = &opts.metrics {
-        pipeline = pipeline.with_metrics(
-            MetricsPublisher::start(config.clone())?,
-            default_cluster(opts.cluster.as_deref(), &opts.log_groups),
-        );
-    }
-    for_each_range_record(
-        &opts.log_groups,
-        opts.region.clone(),
-        (opts.start_ms, opts.end_ms),
-        opts.api_rate,
-        &mut |record, loc| pipeline.on_record(Ok(record), loc),
-    )?;
-    pipeline.finish()?;
-    Ok(pipeline.counters().clone())
-}
-
-/// Calls `f` with every audit record of `log_groups` over `[start_ms, end_ms]`, read once
-/// with the live reader (same streams, same passes; API errors other than throttling, 5xx
-/// and connection failures end it). `replay --log-group` and `investigate --log-group`.
-pub fn for_each_range_record(
-    log_groups: &[String],
-    region: Option<String>,
-    (start_ms, end_ms): (i64, i64),
-    api_rate: f64,
-    f: &mut dyn FnMut(RawRecord<'_>, Location<'_>) -> std::io::Result<()>,
-) -> Result<(), LiveError> {
-    crate::runtime()?.block_on(async {
-        let client = build_client(&ClientConfig {
-            region,
-            attempt_timeout: None,
-        })
-        .await;
-        let bucket = Arc::new(TokenBucket::new(api_rate, api_rate.max(1.0)));
-        let mut index = 0u64;
-        for g in log_groups {
-            let config = ReaderConfig {
-                log_group: g.clone(),
-                stream_prefix: AUDIT_STREAM_PREFIX.into(),
-                lookback_ms: 0,
-                full_lookback_every: Duration::ZERO,
-                rediscover_every: Duration::MAX,
-                max_pass_span_ms: 5 * 60 * 1000,
-                retry: RetryPolicy {
-                    forever: false,
-                    ..RetryPolicy::default()
-                },
-            };
-            let mut reader =
-                LogGroupReader::new(client.clone(), bucket.clone(), config, start_ms, start_ms);
-            loop {
-                let pass = reader.pass(end_ms).await?;
-                for ev in &pass.events {
-                    index += 1;
-                    let record = RawRecord {
-                        message: ev.message.as_bytes(),
-                        stream: Some(&ev.stream),
-                        log_group: Some(g),
-                        cw_timestamp: Some(ev.timestamp_ms.saturating_mul(1000)),
-                        event_id: Some(&ev.event_id),
-                    };
-                    f(
-                        record,
-                        Location {
-                            name: g,
-                            index,
-                            is_line: false,
-                        },
-                    )?;
-                }
-                if reader.position_ms() >= end_ms {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    })
 }

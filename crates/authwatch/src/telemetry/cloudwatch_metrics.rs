@@ -31,7 +31,7 @@ use authwatch_aws::ClientConfig;
 use authwatch_event::Micros;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 
-use super::json_lines::JsonLinesTarget;
+use crate::sinks::json_lines::JsonLinesTarget;
 
 /// Distinct `Host` values kept per interval; the rest are counted under `other`.
 pub const MAX_HOSTS: usize = 64;
