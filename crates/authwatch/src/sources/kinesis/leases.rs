@@ -75,14 +75,29 @@ impl StageLeases {
             .clone()
     }
 
-    /// Stops the rounds and gives every held lease up (a clean stop).
+    /// Stops the rounds and gives every held lease up (a clean stop). A round holds the lock
+    /// for its whole length, so taking the lock first lets a round in progress finish rather
+    /// than cutting it between a renewal's write and its record; a round stuck in AWS retries
+    /// is cut after [`ROUND_WAIT`], and `release_all` copes with what it left.
     pub(super) async fn release(&self) {
-        self.rounds.abort();
-        if let Err(e) = self.coord.lock().await.release_all().await {
+        let mut coord = match tokio::time::timeout(ROUND_WAIT, self.coord.lock()).await {
+            Ok(coord) => {
+                self.rounds.abort();
+                coord
+            }
+            Err(_) => {
+                self.rounds.abort();
+                self.coord.lock().await
+            }
+        };
+        if let Err(e) = coord.release_all().await {
             tracing::warn!("authwatch run: releasing leases: {e}");
         }
     }
 }
+
+/// How long a stop waits for a lease round in progress before cutting it.
+const ROUND_WAIT: Duration = Duration::from_secs(3);
 
 /// Where a shard taken over starts: after its checkpoint; a shard read before while it had
 /// no record at all, from the time it was read through (not `start_ms`: records that came
