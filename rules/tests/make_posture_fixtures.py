@@ -155,6 +155,8 @@ write("privileged-container.fires.jsonl", [
     ev("pc", 1, 10, "patch", "statefulsets", "ss1", template_patch([{"name": "db", "securityContext": {"privileged": True}}]), group="apps", code=200),
     # generateName at Request level (no responseObject): keyed by the prefix.
     ev("pc", 2, 20, "create", "pods", None, pod([container(sc={"privileged": True})]) | {"metadata": {"generateName": "debug-"}}),
+    # kubectl patch --type=json: the flag set by a JSON Pointer.
+    ev("pc", 3, 30, "patch", "deployments", "web", [{"op": "add", "path": "/spec/template/spec/containers/0/securityContext", "value": {"privileged": True}}], group="apps", code=200),
 ])
 write("privileged-container.quiet.jsonl", [
     f21,
@@ -162,6 +164,9 @@ write("privileged-container.quiet.jsonl", [
     ev("pcq", 0, 0, "create", "pods", "p1", pod([container(sc={"privileged": False})])),
     ev("pcq", 1, 10, "patch", "statefulsets", "ss1", template_patch([{"name": "db", "image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/db:2"}]), group="apps", code=200),
     ev("pcq", 2, 20, "create", "pods", "p2", pod([container(sc={"privileged": True})]), user="system:node:ip-10-0-1-17.eu-west-1.compute.internal"),
+    # A JSON Patch that changes only the replicas, and one that removes the flag.
+    ev("pcq", 3, 30, "patch", "deployments", "web", [{"op": "replace", "path": "/spec/replicas", "value": 5}], group="apps", code=200),
+    ev("pcq", 4, 40, "patch", "deployments", "web", [{"op": "remove", "path": "/spec/template/spec/containers/0/securityContext/privileged"}], group="apps", code=200),
 ])
 
 # sensitive-hostpath-mount ------------------------------------------------------------------

@@ -253,6 +253,8 @@ pub struct EventFacts<'v, 'e, 'a> {
     /// The decoded event and its record context.
     pub view: &'v EventView<'e, 'a>,
     raw: OnceCell<Option<serde_json::Value>>,
+    /// A JSON Patch request body as the object it writes ([`json_patch_as_object`]).
+    patched: OnceCell<Option<serde_json::Value>>,
 }
 
 impl<'v, 'e, 'a> EventFacts<'v, 'e, 'a> {
@@ -261,6 +263,7 @@ impl<'v, 'e, 'a> EventFacts<'v, 'e, 'a> {
         EventFacts {
             view,
             raw: OnceCell::new(),
+            patched: OnceCell::new(),
         }
     }
 
@@ -353,21 +356,7 @@ impl<'v, 'e, 'a> EventFacts<'v, 'e, 'a> {
             }
             FieldPath::Pod(segs) => {
                 let mut out = Values::new();
-                let resource = ev
-                    .object_ref
-                    .as_ref()
-                    .and_then(|o| o.resource.as_ref())
-                    .map(Text::as_str);
-                let subresource = ev
-                    .object_ref
-                    .as_ref()
-                    .and_then(|o| o.subresource.as_ref())
-                    .map(Text::as_str);
-                let Some(spec) = self
-                    .raw()
-                    .and_then(|r| r.get("requestObject"))
-                    .and_then(|body| pod_spec(body, resource, subresource))
-                else {
+                let Some(spec) = self.pod() else {
                     return out;
                 };
                 match segs.split_first() {
@@ -409,9 +398,23 @@ impl EventFacts<'_, '_, '_> {
         let o = self.view.event.object_ref.as_ref();
         let resource = o.and_then(|o| o.resource.as_ref()).map(Text::as_str);
         let subresource = o.and_then(|o| o.subresource.as_ref()).map(Text::as_str);
-        self.raw()
-            .and_then(|r| r.get("requestObject"))
+        self.request_body()
             .and_then(|body| pod_spec(body, resource, subresource))
+    }
+
+    /// The request body as the object it writes: `requestObject`, except that a JSON Patch
+    /// (an array of operations, `kubectl patch --type=json`) is read as the object its
+    /// `add` and `replace` operations write ([`json_patch_as_object`]), so that a patch
+    /// setting `privileged: true` by pointer is seen like a merge patch that does.
+    fn request_body(&self) -> Option<&serde_json::Value> {
+        let body = self.raw()?.get("requestObject")?;
+        match body {
+            serde_json::Value::Array(ops) => self
+                .patched
+                .get_or_init(|| json_patch_as_object(ops))
+                .as_ref(),
+            other => Some(other),
+        }
     }
 
     /// The raw event, parsed on first use.
@@ -422,12 +425,103 @@ impl EventFacts<'_, '_, '_> {
     }
 }
 
+/// The object a JSON Patch (RFC 6902) writes: the values of its `add` and `replace`
+/// operations set at their paths (JSON Pointers, `~1` and `~0` unescaped) in an empty
+/// object. An index (or `-`) makes an array with the value at that place (`null` before it,
+/// which no path reads); an index past [`MAX_PATCH_INDEX`] is taken as `-`, so a hostile
+/// pointer cannot make a huge array. `remove`, `move`, `copy` and `test` write no new value
+/// the patch shows and are passed over. `None` if the array is not a patch (an element that
+/// is not an operation) or writes nothing.
+///
+/// ```
+/// use authwatch_rules::field::json_patch_as_object;
+/// let ops = serde_json::json!([
+///     {"op": "add", "path": "/spec/containers/0/securityContext/privileged", "value": true},
+///     {"op": "replace", "path": "/spec/replicas", "value": 3},
+/// ]);
+/// let body = json_patch_as_object(ops.as_array().unwrap()).unwrap();
+/// assert_eq!(body["spec"]["containers"][0]["securityContext"]["privileged"], true);
+/// assert_eq!(body["spec"]["replicas"], 3);
+/// ```
+pub fn json_patch_as_object(ops: &[serde_json::Value]) -> Option<serde_json::Value> {
+    let mut root = serde_json::Value::Object(serde_json::Map::new());
+    let mut wrote = false;
+    for op in ops {
+        let kind = op.get("op")?.as_str()?;
+        if !matches!(kind, "add" | "replace") {
+            continue;
+        }
+        let (Some(path), Some(value)) = (op.get("path").and_then(|p| p.as_str()), op.get("value"))
+        else {
+            continue;
+        };
+        if path.is_empty() {
+            root = value.clone();
+        } else if let Some(pointer) = path.strip_prefix('/') {
+            let tokens: Vec<String> = pointer
+                .split('/')
+                .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                .collect();
+            set_at(&mut root, &tokens, value.clone());
+        } else {
+            continue;
+        }
+        wrote = true;
+    }
+    wrote.then_some(root)
+}
+
+/// The largest array index [`json_patch_as_object`] places as written.
+pub const MAX_PATCH_INDEX: usize = 64;
+
+fn set_at(node: &mut serde_json::Value, tokens: &[String], value: serde_json::Value) {
+    let Some((first, rest)) = tokens.split_first() else {
+        *node = value;
+        return;
+    };
+    let index = match first.as_str() {
+        "-" => Some(usize::MAX),
+        t if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(t.parse::<usize>().unwrap_or(usize::MAX))
+        }
+        _ => None,
+    };
+    let child = match index {
+        // An index into an array, unless the node is already an object (a key that is all
+        // digits, as in a label map).
+        Some(i) if !node.is_object() => {
+            if !node.is_array() {
+                *node = serde_json::Value::Array(Vec::new());
+            }
+            let serde_json::Value::Array(items) = node else {
+                return;
+            };
+            let i = if i > MAX_PATCH_INDEX { items.len() } else { i };
+            if items.len() <= i {
+                items.resize(i + 1, serde_json::Value::Null);
+            }
+            &mut items[i]
+        }
+        _ => {
+            if !node.is_object() {
+                *node = serde_json::Value::Object(serde_json::Map::new());
+            }
+            let serde_json::Value::Object(map) = node else {
+                return;
+            };
+            map.entry(first.clone()).or_insert(serde_json::Value::Null)
+        }
+    };
+    set_at(child, rest, value);
+}
+
 /// The pod spec in a request body: kind `Pod` (and the `pods/ephemeralcontainers`
 /// subresource) → `spec`; Deployment, ReplicaSet, StatefulSet, DaemonSet, Job,
 /// ReplicationController → `spec.template.spec`; PodTemplate → `template.spec`; CronJob →
 /// `spec.jobTemplate.spec.template.spec`. The kind is the body's `kind`, else (patch bodies
 /// carry none) `objectRef.resource`. Other subresources (`pods/status`, `deployments/scale`)
-/// cannot change a pod spec: none. A JSON-patch body (an array of operations) has none.
+/// cannot change a pod spec: none. A JSON Patch body is read through
+/// [`json_patch_as_object`] first.
 pub fn pod_spec<'j>(
     body: &'j serde_json::Value,
     resource: Option<&str>,
@@ -603,6 +697,49 @@ mod tests {
     }
 
     #[test]
+    fn a_json_patch_is_read_as_the_object_it_writes() {
+        let ops = |v: serde_json::Value| json_patch_as_object(v.as_array().unwrap());
+        // A whole container appended, a flag by pointer into the first, escaped pointers.
+        let body = ops(serde_json::json!([
+            {"op": "add", "path": "/spec/containers/-", "value": {"name": "x", "image": "evil.io/x"}},
+            {"op": "replace", "path": "/spec/initContainers/0/securityContext/privileged", "value": true},
+            {"op": "add", "path": "/metadata/annotations/a~1b~0c", "value": "v"},
+            {"op": "remove", "path": "/spec/hostNetwork"},
+        ]))
+        .unwrap();
+        assert_eq!(body["spec"]["containers"][0]["image"], "evil.io/x");
+        assert_eq!(
+            body["spec"]["initContainers"][0]["securityContext"]["privileged"],
+            true
+        );
+        assert_eq!(body["metadata"]["annotations"]["a/b~c"], "v");
+        assert!(body["spec"].get("hostNetwork").is_none());
+        // A hostile index makes no huge array; a key of digits in an object stays a key.
+        let body = ops(serde_json::json!([
+            {"op": "add", "path": "/metadata/labels", "value": {}},
+            {"op": "add", "path": "/metadata/labels/123", "value": "x"},
+            {"op": "add", "path": "/spec/containers/999999999999999999999/image", "value": "i"},
+        ]))
+        .unwrap();
+        assert_eq!(body["metadata"]["labels"]["123"], "x");
+        assert_eq!(body["spec"]["containers"].as_array().map(Vec::len), Some(1));
+        // Not a patch, or one that writes nothing.
+        assert!(ops(serde_json::json!([1, 2])).is_none());
+        assert!(ops(serde_json::json!([{"op": "remove", "path": "/spec"}])).is_none());
+        // Through pod.*: the resource says where the spec is.
+        let ev = event(
+            "deployments",
+            None,
+            r#"[{"op":"add","path":"/spec/template/spec/containers/1","value":{"image":"nginx","securityContext":{"privileged":true}}}]"#,
+        );
+        assert_eq!(
+            at(&ev, "pod.containers[*].securityContext.privileged"),
+            ["true"]
+        );
+        assert_eq!(at(&ev, "pod.containers[*].image"), ["nginx"]);
+    }
+
+    #[test]
     fn pod_is_the_pod_spec_wherever_the_kind_keeps_it() {
         let pod = format!(r#"{{"kind":"Pod","spec":{CONTAINERS}}}"#);
         let template = |kind: &str| {
@@ -656,14 +793,21 @@ mod tests {
         );
         assert_eq!(at(&eph, "pod.containers[*].image"), ["app", "busybox"]);
         assert_eq!(at(&eph, "pod.ephemeralContainers[*].name"), ["debugger"]);
+        // A JSON Patch: the values it writes, where they sit.
+        let json_patch = event(
+            "deployments",
+            None,
+            r#"[{"op":"replace","path":"/spec/template/spec/hostPID","value":true}]"#,
+        );
+        assert_eq!(at(&json_patch, "pod.hostPID"), ["true"]);
         for quiet in [
             // A patch of the replicas only.
             event("deployments", None, r#"{"spec":{"replicas":3}}"#),
-            // A JSON patch (out of scope).
+            // A JSON Patch of the replicas only.
             event(
                 "deployments",
                 None,
-                r#"[{"op":"replace","path":"/spec/template/spec/hostPID","value":true}]"#,
+                r#"[{"op":"replace","path":"/spec/replicas","value":3}]"#,
             ),
             // Status writes cannot change the spec.
             event("pods", Some("status"), &pod),
