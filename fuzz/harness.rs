@@ -13,6 +13,7 @@ use authwatch_event::event::check_structure;
 use authwatch_event::framing::{
     cw_export_time, detect, records_in_document, records_in_line, Format, FramingError, Origin,
 };
+use authwatch_event::structure::scan_structure;
 use authwatch_event::time::parse_timestamp;
 use authwatch_event::{decode, visit_events, Decoded, RawRecord};
 use authwatch_rules::{
@@ -93,7 +94,24 @@ pub fn decode_event(data: &[u8]) {
             let _ = e.reason();
         }
     }
-    let _ = check_structure(data);
+    // The structure pass: check_structure's verdict, and the fields it reads are the
+    // decoder's; it never calls a wrapper or a list a plain event.
+    let scanned = scan_structure(data);
+    assert_eq!(
+        scanned.as_ref().map(|_| ()).map_err(|e| e.reason()),
+        check_structure(data).map_err(|e| e.reason())
+    );
+    if let Ok(Some(top)) = scanned {
+        match decode(data) {
+            Ok(Decoded::Event(ev)) => {
+                if let Some(what) = top.disagreement(&ev) {
+                    panic!("structure pass read {what} unlike the decoder: {top:?}");
+                }
+            }
+            Ok(_) => panic!("structure pass took a wrapper or a list for a plain event"),
+            Err(_) => {}
+        }
+    }
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = parse_timestamp(s);
     }

@@ -223,3 +223,57 @@ fn an_export_tree_fires_the_posture_rules_on_exactly_what_they_check() {
     );
     assert_eq!(ns.cluster.as_deref(), Some("prod"));
 }
+
+/// A request body may hold a key named like the event's time (here a ConfigMap's data): a
+/// record the prefilter rules out must move the clock by its own time only. Were the nested
+/// time taken (a byte search for the key finds it), a client could push the watermark two
+/// hours ahead with one request, and the denied burst after it would be too late to count:
+/// `run` replays with the prefilter on and off and requires the same alerts.
+#[test]
+fn a_time_inside_a_request_body_does_not_move_the_clock() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let mut evs = vec![
+        // Opens an absence window, so that ruled-out records move the clock.
+        event(
+            "t-01",
+            "00:00",
+            "create",
+            json!({"resource": "namespaces", "name": "late", "apiVersion": "v1"}),
+            201,
+            None,
+        ),
+        event(
+            "t-02",
+            "00:05",
+            "create",
+            json!({"resource": "configmaps", "namespace": "prod", "name": "cm", "apiVersion": "v1"}),
+            201,
+            Some(
+                json!({"kind": "ConfigMap", "data": {"x": "y"}, "metadata": {"name": "cm"},
+                        "requestReceivedTimestamp": "2026-11-20T12:00:00.000000Z"}),
+            ),
+        ),
+    ];
+    for i in 0..25 {
+        evs.push(event(
+            &format!("t-d{i:02}"),
+            &format!("00:{:02}", 10 + i),
+            "list",
+            json!({"resource": "secrets", "namespace": "prod", "apiVersion": "v1"}),
+            403,
+            None,
+        ));
+    }
+    let text: String = evs.iter().map(|(_, l)| format!("{l}\n")).collect();
+    let file = dir.path().join("audit.jsonl");
+    std::fs::write(&file, text).unwrap();
+    let rules = authwatch::rule_files::load(&[]).unwrap();
+    let (alerts, s) = run(&[file], FormatChoice::Auto, rules, Some("prod"));
+    assert_eq!(s.parse_errors, 0);
+    assert_eq!(s.late_events, 0, "{s:?}");
+    assert!(
+        alerts.iter().any(|a| a.rule == "denied-by-user"),
+        "the denied burst after the body's time must still alert: {alerts:#?}"
+    );
+}

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
+pub use crate::structure::check_structure;
 use crate::time::{parse_timestamp, Micros};
 
 /// A JSON string borrowed from the input when it has no escapes, owned otherwise.
@@ -317,163 +318,6 @@ pub fn decode(raw: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     }))
 }
 
-/// Checks, without decoding, that a record could be an audit event: valid UTF-8, one
-/// well-formed JSON object (strings closed, brackets balanced, nothing after it), `kind`
-/// absent or a string naming `Event`/`EventList`, and one of the keys an event, a wrapper or
-/// a list has. Several times faster than [`decode`]; used for records the prefilter rules out,
-/// so that truncated, empty and non-event lines are still counted. Scalars inside are not
-/// checked (`{"auditID":"a","code":4x}` passes).
-///
-/// ```
-/// use authwatch_event::event::check_structure;
-/// assert!(check_structure(br#"{"kind":"Event","auditID":"a","user":{"username":"x"}}"#).is_ok());
-/// assert_eq!(check_structure(br#"{"kind": 0}"#).unwrap_err().reason(), "not_an_event");
-/// assert_eq!(check_structure(br#"{"auditID":"a","verb":"li"#).unwrap_err().reason(), "invalid_json");
-/// ```
-pub fn check_structure(raw: &[u8]) -> Result<(), DecodeError> {
-    let b = trim_ascii(raw);
-    if b.is_empty() {
-        return Err(DecodeError::Empty);
-    }
-    if b[0] != b'{' {
-        // Rare: let the decoder classify it.
-        return decode(b).map(|_| ());
-    }
-    let (non_ascii, control) = scan_bytes(b);
-    if non_ascii && std::str::from_utf8(b).is_err() {
-        return Err(DecodeError::Json("invalid UTF-8".into()));
-    }
-    // Raw control characters are invalid anywhere in JSON but as whitespace between tokens.
-    if control {
-        return Err(DecodeError::Json("control character in JSON".into()));
-    }
-    let truncated = || DecodeError::Json("truncated or malformed JSON".into());
-    let mut depth: u32 = 0;
-    let mut has_event_key = false;
-    let mut kind_error = None;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => {
-                let start = i + 1;
-                let mut j = start;
-                loop {
-                    let k = find_quote_or_backslash(b, j).ok_or_else(truncated)?;
-                    if b[k] == b'\\' {
-                        j = k + 2;
-                        if j > b.len() {
-                            return Err(truncated());
-                        }
-                    } else {
-                        j = k;
-                        break;
-                    }
-                }
-                let text = &b[start..j];
-                i = j + 1;
-                if depth == 1 {
-                    let mut n = i;
-                    while n < b.len() && b[n].is_ascii_whitespace() {
-                        n += 1;
-                    }
-                    if n < b.len() && b[n] == b':' {
-                        match text {
-                            b"auditID" | b"verb" | b"requestURI" | b"log" | b"message"
-                            | b"items" => has_event_key = true,
-                            b"kind" => {
-                                let mut v = n + 1;
-                                while v < b.len() && b[v].is_ascii_whitespace() {
-                                    v += 1;
-                                }
-                                let rest = &b[v..];
-                                if !(rest.starts_with(b"\"Event\"")
-                                    || rest.starts_with(b"\"EventList\""))
-                                {
-                                    // Reported only if the whole object is well-formed.
-                                    kind_error = Some(if rest.first() == Some(&b'"') {
-                                        "kind is not Event"
-                                    } else {
-                                        "a field has the wrong type"
-                                    });
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                continue;
-            }
-            // No recursion here, so no depth limit is needed (a line is at most 16 MiB).
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.checked_sub(1).ok_or_else(truncated)?;
-                if depth == 0 {
-                    if i + 1 != b.len() {
-                        return Err(DecodeError::Json("data after the JSON object".into()));
-                    }
-                    return match kind_error {
-                        Some(why) => Err(DecodeError::NotAnEvent(why)),
-                        None if has_event_key => Ok(()),
-                        None => Err(DecodeError::NotAnEvent("no auditID, verb or requestURI")),
-                    };
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    Err(truncated())
-}
-
-/// One pass over a record: whether it has any non-ASCII byte (only then must UTF-8 be
-/// validated: most audit records are pure ASCII), and whether it has a control character that
-/// JSON forbids (below 0x20 but tab, newline and carriage return). Both over fixed-size
-/// chunks without an early exit, so the compiler vectorizes it; this replaces a UTF-8
-/// validation and a byte-at-a-time search, the same verdicts in one cheaper pass.
-fn scan_bytes(b: &[u8]) -> (bool, bool) {
-    let mut high = 0u8;
-    let mut control = 0u8;
-    let mut chunks = b.chunks_exact(64);
-    for chunk in &mut chunks {
-        for &c in chunk {
-            high |= c;
-            control |= u8::from((c < 0x20) & (c != b'\t') & (c != b'\n') & (c != b'\r'));
-        }
-    }
-    for &c in chunks.remainder() {
-        high |= c;
-        control |= u8::from((c < 0x20) & (c != b'\t') & (c != b'\n') & (c != b'\r'));
-    }
-    (high >= 0x80, control != 0)
-}
-
-/// The first `"` or `\\` at or after `from`. Most strings in an audit event are short (keys,
-/// verbs, names): eight bytes at a time in a register, without the call and setup of a
-/// vector search, for the first 32 bytes; `memchr2` past them.
-fn find_quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // Bytes of `w` equal to `c` get their high bit set. The lowest flagged byte is always a
-    // true match (a borrow only flags bytes above a real match), which is all we use.
-    let flag = |w: u64, c: u8| {
-        let x = w ^ (ONES * u64::from(c));
-        x.wrapping_sub(ONES) & !x & HIGHS
-    };
-    let mut i = from;
-    let short_end = from.saturating_add(32).min(b.len());
-    while i + 8 <= short_end {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&b[i..i + 8]);
-        let w = u64::from_le_bytes(word);
-        let hit = flag(w, b'"') | flag(w, b'\\');
-        if hit != 0 {
-            return Some(i + (hit.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    memchr::memchr2(b'"', b'\\', b.get(i..)?).map(|k| k + i)
-}
-
 fn data_error_reason(e: &serde_json::Error) -> &'static str {
     let msg = e.to_string();
     if msg.contains("invalid type") {
@@ -483,7 +327,7 @@ fn data_error_reason(e: &serde_json::Error) -> &'static str {
     }
 }
 
-fn trim_ascii(b: &[u8]) -> &[u8] {
+pub(crate) fn trim_ascii(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
         .position(|c| !c.is_ascii_whitespace())
@@ -579,30 +423,6 @@ pub fn lookup_value<'v>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_word_search_finds_what_memchr2_finds() {
-        let mut text: Vec<u8> = Vec::new();
-        for n in 0..200u32 {
-            text.push(match n % 37 {
-                0 => b'"',
-                11 => b'\\',
-                _ => b'a' + (n % 26) as u8,
-            });
-        }
-        text.extend_from_slice(&[0x80, 0xff, 0x01, 0x22, 0x21, 0x23, 0x5b, 0x5c, 0x5d]);
-        for from in 0..=text.len() {
-            for end in from..=text.len() {
-                let b = &text[..end];
-                let want = memchr::memchr2(b'"', b'\\', &b[from..]).map(|k| k + from);
-                assert_eq!(
-                    super::find_quote_or_backslash(b, from),
-                    want,
-                    "{from} {end}"
-                );
-            }
-        }
-    }
 
     fn event(s: &str) -> AuditEvent<'_> {
         match decode(s.as_bytes()) {

@@ -13,6 +13,7 @@
 pub mod event;
 pub mod framing;
 pub mod record;
+pub mod structure;
 pub mod time;
 
 pub use event::{decode, AuditEvent, DecodeError, Decoded, Text};

@@ -19,7 +19,9 @@ use std::cell::Cell;
 use memchr::memmem::Finder;
 
 use crate::condition::{Cond, Literal, Test};
-use crate::field::FieldPath;
+use authwatch_event::structure::{Scalar, TopFields};
+
+use crate::field::{FieldPath, ObjectField, Segment, Value};
 use crate::rule::{Rule, RuleKind};
 
 /// What a rule needs to find in a line.
@@ -33,32 +35,114 @@ enum Need {
     And(Vec<Need>),
     /// One of these.
     Or(Vec<Need>),
+    /// A field test ([`FieldTest`]) on the fields the structure pass read; where it could
+    /// not read the field (or the line is a wrapper or a list), the needles of the test.
+    Field(usize),
+}
+
+/// What a line offers a [`Need`]: its needles (searched lazily, each at most once) and the
+/// fields the structure pass read.
+struct Probe<'p, 'l> {
+    found: &'p dyn Fn(usize) -> bool,
+    fields: &'p [FieldTest],
+    top: Option<&'p TopFields<'l>>,
 }
 
 impl Need {
-    fn holds(&self, found: &dyn Fn(usize) -> bool) -> bool {
+    fn holds(&self, p: &Probe<'_, '_>) -> bool {
         match self {
             Need::Any => true,
-            Need::OneOf(ids) => ids.iter().any(|&i| found(i)),
-            Need::And(ns) => ns.iter().all(|n| n.holds(found)),
-            Need::Or(ns) => ns.iter().any(|n| n.holds(found)),
+            Need::OneOf(ids) => ids.iter().any(|&i| (p.found)(i)),
+            Need::And(ns) => ns.iter().all(|n| n.holds(p)),
+            Need::Or(ns) => ns.iter().any(|n| n.holds(p)),
+            Need::Field(i) => {
+                let f = &p.fields[*i];
+                match p.top.and_then(|top| f.read(top)) {
+                    Some(verdict) => verdict,
+                    None => f.fallback.holds(p),
+                }
+            }
         }
     }
 
     /// Needles of which at least one must be in a line for this to hold; `None` if it can
     /// hold without any.
-    fn required(&self) -> Option<Vec<usize>> {
+    fn required(&self, fields: &[FieldTest]) -> Option<Vec<usize>> {
         match self {
             Need::Any => None,
             Need::OneOf(ids) => Some(ids.clone()),
             // Any one child's requirement is the whole's: take the narrowest.
-            Need::And(ns) => ns.iter().filter_map(Need::required).min_by_key(Vec::len),
+            Need::And(ns) => ns
+                .iter()
+                .filter_map(|n| n.required(fields))
+                .min_by_key(Vec::len),
             // Every branch must bring its own.
             Need::Or(ns) => ns.iter().try_fold(Vec::new(), |mut all, n| {
-                all.extend(n.required()?);
+                all.extend(n.required(fields)?);
                 Some(all)
             }),
+            Need::Field(i) => fields[*i].fallback.required(fields),
         }
+    }
+}
+
+/// A condition on a field the structure pass reads ([`TopFields`]): tested exactly, with the
+/// rule's own test, on a plain event line; by its needles elsewhere.
+#[derive(Debug, Clone)]
+struct FieldTest {
+    field: TopField,
+    test: Test,
+    fallback: Need,
+}
+
+/// The fields of [`TopFields`] a rule can test.
+#[derive(Debug, Clone, Copy)]
+enum TopField {
+    Verb,
+    Code,
+    Object(ObjectField),
+    Username,
+}
+
+impl TopField {
+    fn of(path: &FieldPath) -> Option<TopField> {
+        Some(match path {
+            FieldPath::Verb => TopField::Verb,
+            FieldPath::Code => TopField::Code,
+            FieldPath::Username => TopField::Username,
+            FieldPath::Object(
+                f @ (ObjectField::Resource
+                | ObjectField::Subresource
+                | ObjectField::Namespace
+                | ObjectField::Name
+                | ObjectField::ApiGroup),
+            ) => TopField::Object(*f),
+            _ => return None,
+        })
+    }
+}
+
+impl FieldTest {
+    /// The test's verdict on the field as read, `None` when the pass could not read it.
+    fn read(&self, top: &TopFields<'_>) -> Option<bool> {
+        let scalar = match self.field {
+            TopField::Verb => top.verb,
+            TopField::Code => top.code,
+            TopField::Username => top.username,
+            TopField::Object(ObjectField::Resource) => top.resource,
+            TopField::Object(ObjectField::Subresource) => top.subresource,
+            TopField::Object(ObjectField::Namespace) => top.namespace,
+            TopField::Object(ObjectField::Name) => top.name,
+            TopField::Object(ObjectField::ApiGroup) => top.api_group,
+            TopField::Object(ObjectField::ApiVersion) => return None,
+        };
+        let value = match scalar {
+            Scalar::Unknown => return None,
+            Scalar::Absent => None,
+            Scalar::Str(s) => Some(Value::Str(std::borrow::Cow::Borrowed(s))),
+            Scalar::Int(n) => Some(Value::Int(n)),
+        };
+        Some(self.test.holds(value.as_slice()))
     }
 }
 
@@ -68,6 +152,8 @@ pub struct Prefilter {
     needles: Vec<String>,
     finders: Vec<Finder<'static>>,
     rules: Vec<Need>,
+    /// The field tests [`Need::Field`] refers to.
+    fields: Vec<FieldTest>,
     /// The common case first: when every rule needs one of a few literals (`401`, `403` for
     /// the bundled set), one pass of a multi-literal search (aho-corasick, SIMD) tells that
     /// none is in the line, and then no rule can match: no rule walk, no search per needle.
@@ -95,6 +181,7 @@ impl Prefilter {
     /// ```
     pub fn new(rules: &[Rule]) -> Prefilter {
         let mut needles = Vec::new();
+        let mut fields = Vec::new();
         // One need per rule, and per phase of an absence rule: a closing event must reach
         // the engine as surely as an opening one.
         let mut rule_needs = Vec::new();
@@ -108,7 +195,7 @@ impl Prefilter {
                 rule_needs.push(Need::And(
                     conditions
                         .iter()
-                        .map(|c| need_of(c, &mut needles))
+                        .map(|c| need_of(c, &mut needles, &mut fields))
                         .collect(),
                 ));
             }
@@ -121,7 +208,7 @@ impl Prefilter {
         let gate = rules
             .iter()
             .try_fold(Vec::new(), |mut all, n| {
-                all.extend(n.required()?);
+                all.extend(n.required(&fields)?);
                 Some(all)
             })
             .filter(|ids| !ids.is_empty())
@@ -134,13 +221,19 @@ impl Prefilter {
             needles,
             finders,
             rules,
+            fields,
             gate,
         }
     }
 
     /// Whether no line can be skipped (some rule needs no literal).
     pub fn passes_everything(&self) -> bool {
-        self.rules.iter().any(|n| n.holds(&|_| false))
+        let probe = Probe {
+            found: &|_| false,
+            fields: &self.fields,
+            top: None,
+        };
+        self.rules.iter().any(|n| n.holds(&probe))
     }
 
     /// The needles, for diagnostics.
@@ -150,7 +243,27 @@ impl Prefilter {
 
     /// False only if no rule can match a line with these bytes.
     pub fn may_match(&self, line: &[u8]) -> bool {
-        if self.gate.as_ref().is_some_and(|g| !g.is_match(line)) {
+        self.may_match_read(line, None)
+    }
+
+    /// [`Prefilter::may_match`], with the fields the structure pass read from the line
+    /// ([`scan_structure`](authwatch_event::structure::scan_structure)): conditions on
+    /// `verb`, `responseStatus.code`, `objectRef.*` and `user.username` are then tested
+    /// exactly, as the rule would test them, instead of by a search for their words (which
+    /// `create` or `pods` pass on most lines), and the multi-literal gate is skipped.
+    ///
+    /// ```
+    /// use authwatch_event::structure::scan_structure;
+    /// use authwatch_rules::{load_rules, Prefilter};
+    /// let rules = load_rules("r.yaml", "id: r\nmatch: {verb: delete, objectRef.resource: namespaces}\nwindow: 1m\nthreshold: 1\n").unwrap();
+    /// let p = Prefilter::new(&rules);
+    /// // `delete` and `namespaces` are both in the line, but not as the verb and resource.
+    /// let line = br#"{"auditID":"a","verb":"get","requestURI":"/api/v1/namespaces/x/pods?delete","objectRef":{"resource":"pods"}}"#;
+    /// assert!(p.may_match(line));
+    /// assert!(!p.may_match_read(line, scan_structure(line).unwrap().as_ref()));
+    /// ```
+    pub fn may_match_read(&self, line: &[u8], top: Option<&TopFields<'_>>) -> bool {
+        if top.is_none() && self.gate.as_ref().is_some_and(|g| !g.is_match(line)) {
             return false;
         }
         // 0 = not searched yet, 1 = absent, 2 = present.
@@ -164,7 +277,12 @@ impl Prefilter {
             }
             v => v == 2,
         };
-        self.rules.iter().any(|n| n.holds(&found))
+        let probe = Probe {
+            found: &found,
+            fields: &self.fields,
+            top,
+        };
+        self.rules.iter().any(|n| n.holds(&probe))
     }
 }
 
@@ -207,16 +325,115 @@ fn test_need(test: &Test, needles: &mut Vec<String>) -> Need {
     }
 }
 
-fn need_of(cond: &Cond, needles: &mut Vec<String>) -> Need {
+/// Needles that stand for any escape sequence a JSON encoder may write in the text of a
+/// request body: `\uXXXX` can spell any character and `\/` a slash. A body is the client's
+/// bytes (a patch is logged as sent), so a key or value there may be escaped where the
+/// server's own fields never are; a line holding either sequence passes a body needle.
+/// Inside a shipper's wrapper (the event as a JSON string) the escapes are doubled and
+/// still contain these.
+const BODY_ESCAPES: [&str; 2] = ["\\u", "\\/"];
+
+/// Whether the field's values come from a request or response body (or any raw path), where
+/// the bytes are the client's: needles from it allow for escapes ([`BODY_ESCAPES`]).
+fn from_body(field: &FieldPath) -> bool {
+    matches!(
+        field,
+        FieldPath::Other(_) | FieldPath::Each(_) | FieldPath::Pod(_)
+    )
+}
+
+fn keys(segs: &[Segment]) -> Vec<&str> {
+    segs.iter()
+        .filter_map(|s| match s {
+            Segment::Key(k) => Some(k.as_str()),
+            Segment::Each => None,
+        })
+        .collect()
+}
+
+/// The object key a value at this path sits under, when it is the same for every value:
+/// the path's last key. `pod.containers` alone is none (it stands for three keys).
+fn last_key(field: &FieldPath) -> Option<&str> {
+    match field {
+        FieldPath::Other(path) => path.last().map(String::as_str),
+        FieldPath::Each(segs) => keys(segs).last().copied(),
+        FieldPath::Pod(segs) => {
+            let k = keys(segs);
+            match k.as_slice() {
+                [] | ["containers"] => None,
+                [.., last] => Some(*last),
+            }
+        }
+        _ => None,
+    }
+    .filter(|k| verbatim(k))
+}
+
+/// Adds the escape needles to every needle choice of `need`.
+fn allowing_escapes(need: Need, escapes: &[usize]) -> Need {
+    match need {
+        Need::Any => Need::Any,
+        // Fields the structure pass reads are the server's, never a body's.
+        Need::Field(i) => Need::Field(i),
+        Need::OneOf(mut ids) => {
+            ids.extend_from_slice(escapes);
+            Need::OneOf(ids)
+        }
+        Need::And(ns) => Need::And(
+            ns.into_iter()
+                .map(|n| allowing_escapes(n, escapes))
+                .collect(),
+        ),
+        Need::Or(ns) => Need::Or(
+            ns.into_iter()
+                .map(|n| allowing_escapes(n, escapes))
+                .collect(),
+        ),
+    }
+}
+
+fn need_of(cond: &Cond, needles: &mut Vec<String>, fields: &mut Vec<FieldTest>) -> Need {
     match cond {
         // `host` comes from the record (the log stream), not from the line's bytes.
         Cond::Field {
             field: FieldPath::Host,
             ..
         } => Need::Any,
-        Cond::Field { test, .. } => test_need(test, needles),
-        Cond::All(cs) => Need::And(cs.iter().map(|c| need_of(c, needles)).collect()),
-        Cond::Any(cs) => Need::Or(cs.iter().map(|c| need_of(c, needles)).collect()),
+        Cond::Field { field, test, .. } if from_body(field) => {
+            let escapes: Vec<usize> = BODY_ESCAPES
+                .iter()
+                .map(|e| needle(needles, (*e).to_owned()))
+                .collect();
+            let value = allowing_escapes(test_need(test, needles), &escapes);
+            // A test that fails on an absent field needs the field, so its key is in the
+            // line: `privileged` for `pod.containers[*].securityContext.privileged`. The key
+            // is searched unquoted: inside a wrapper the quotes are escaped.
+            let empty: [crate::field::Value<'_>; 0] = [];
+            match last_key(field) {
+                Some(key) if !test.holds(&empty) => {
+                    let mut ids = vec![needle(needles, key.to_owned())];
+                    ids.extend_from_slice(&escapes);
+                    Need::And(vec![Need::OneOf(ids), value])
+                }
+                _ => value,
+            }
+        }
+        Cond::Field { field, test, .. } => {
+            let fallback = test_need(test, needles);
+            match TopField::of(field) {
+                Some(top) => {
+                    fields.push(FieldTest {
+                        field: top,
+                        test: test.clone(),
+                        fallback,
+                    });
+                    Need::Field(fields.len() - 1)
+                }
+                None => fallback,
+            }
+        }
+        Cond::All(cs) => Need::And(cs.iter().map(|c| need_of(c, needles, fields)).collect()),
+        Cond::Any(cs) => Need::Or(cs.iter().map(|c| need_of(c, needles, fields)).collect()),
     }
 }
 
@@ -278,5 +495,25 @@ mod tests {
         assert!(p.may_match(b"create"));
         assert!(p.may_match(b"/api/v1/pods/x/exec"));
         assert!(!p.may_match(b"get /api/v1/pods"));
+    }
+
+    #[test]
+    fn a_body_test_needs_its_key_unless_the_line_has_escapes() {
+        let p = pf("id: a\nmatch:\n  verb: create\n  objectRef.resource: pods\n  pod.containers[*].securityContext.privileged: true\nwindow: 1m\nthreshold: 1\n");
+        // `create`, `pods` and `true` are everywhere; `privileged` is not.
+        assert!(!p.may_match(br#"{"verb":"create","objectRef":{"resource":"pods"},"requestObject":{"spec":{"containers":[{"tty":true}]}}}"#));
+        assert!(p.may_match(br#"{"verb":"create","objectRef":{"resource":"pods"},"requestObject":{"spec":{"containers":[{"securityContext":{"privileged":true}}]}}}"#));
+        // A key the client escaped, and the event inside a shipper's wrapper.
+        assert!(p.may_match(br#"{"verb":"create","objectRef":{"resource":"pods"},"requestObject":{"spec":{"containers":[{"securityContext":{"priv\u0069leged":true}}]}}}"#));
+        assert!(p.may_match(br#"{"log":"{\"verb\":\"create\",\"objectRef\":{\"resource\":\"pods\"},\"x\":{\"privileged\":true}}"}"#));
+        // A test that holds on an absent field needs no key; `pod.containers` alone is
+        // three keys.
+        for yaml in [
+            "id: a\nmatch:\n  verb: create\n  pod.containers[*].securityContext.allowPrivilegeEscalation: {not: false}\nwindow: 1m\nthreshold: 1\n",
+            "id: a\nmatch: {verb: create, pod.containers: {exists: true}}\nwindow: 1m\nthreshold: 1\n",
+        ] {
+            let p = pf(yaml);
+            assert!(p.may_match(br#"{"verb":"create","requestObject":{"spec":{"initContainers":[{}]}}}"#), "{yaml}");
+        }
     }
 }

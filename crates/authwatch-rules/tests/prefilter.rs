@@ -3,6 +3,7 @@
 //! encoder used (Go escapes <, > and & as \u003c, \u003e, \u0026), and inside a shipper's
 //! wrapper.
 
+use authwatch_event::structure::scan_structure;
 use authwatch_event::{visit_events, RawRecord};
 use authwatch_rules::field::EventFacts;
 use authwatch_rules::{load_rules, Prefilter};
@@ -29,6 +30,11 @@ const CONDITIONS: &[&str] = &[
     "any: [{verb: delete}, {responseStatus.code: 401}]",
     "annotations.authorization.k8s.io/decision: forbid",
     "impersonatedUser.username: {exists: true}",
+    "responseStatus.code: {gte: 200, lt: 300}",
+    "objectRef.resource: {not: pods}",
+    "objectRef.subresource: {exists: false}",
+    "user.username: [bob, 'a<b']",
+    "verb: {not: {glob: 'c*'}}",
 ];
 
 #[allow(clippy::too_many_arguments)]
@@ -113,6 +119,132 @@ proptest! {
         });
         if matched {
             prop_assert!(prefilter.may_match(line.as_bytes()), "rules:\n{}\nline: {}", yaml, line);
+            // And with the fields the structure pass read.
+            let top = scan_structure(line.as_bytes()).ok().flatten();
+            prop_assert!(
+                prefilter.may_match_read(line.as_bytes(), top.as_ref()),
+                "with {:?}; rules:\n{}\nline: {}", top, yaml, line
+            );
+        }
+    }
+}
+
+/// Conditions on request bodies: values under keys the client wrote, which a client may
+/// escape (`"priv\u0069leged"`, `"\/var\/run"`): a patch is logged as sent.
+const BODY_CONDITIONS: &[&str] = &[
+    "pod.containers[*].securityContext.privileged: true",
+    "pod.containers[*].securityContext.allowPrivilegeEscalation: {not: false}",
+    "pod.containers[*].image: {registry_not_in: [public.ecr.aws]}",
+    "pod.containers[*].image: {contains: /evil}",
+    "pod.volumes[*].hostPath.path: {contains: /var/run}",
+    "pod.hostNetwork: true",
+    "pod.containers: {exists: true}",
+    "requestObject.metadata.labels.app: web",
+    "objectRef.resource: [pods, deployments]",
+    "verb: [create, patch]",
+];
+
+fn body_event(
+    verb: &str,
+    resource: &str,
+    privileged: Option<bool>,
+    image: &str,
+    host_path: Option<&str>,
+    host_network: bool,
+    list: &str,
+) -> String {
+    let mut container = serde_json::json!({"name": "c", "image": image});
+    if let Some(p) = privileged {
+        container["securityContext"] = serde_json::json!({"privileged": p});
+    }
+    let mut spec = serde_json::json!({ list: [container] });
+    if let Some(p) = host_path {
+        spec["volumes"] = serde_json::json!([{"name": "v", "hostPath": {"path": p}}]);
+    }
+    if host_network {
+        spec["hostNetwork"] = true.into();
+    }
+    let body = if resource == "pods" {
+        serde_json::json!({"metadata": {"labels": {"app": "web"}}, "spec": spec})
+    } else {
+        serde_json::json!({"metadata": {"labels": {"app": "web"}}, "spec": {"template": {"spec": spec}}})
+    };
+    serde_json::json!({
+        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "auditID": "x",
+        "requestURI": format!("/api/v1/namespaces/d/{resource}"), "verb": verb, "user": {"username": "u"},
+        "sourceIPs": ["10.0.0.5"], "objectRef": {"resource": resource, "namespace": "d"},
+        "responseStatus": {"code": 201}, "requestReceivedTimestamp": "2026-11-20T10:00:00Z",
+        "requestObject": body,
+    })
+    .to_string()
+}
+
+/// Writes the first letter of each key in `keys` as a `\u` escape, as a client may.
+fn escape_keys(line: &str, keys: &[&str]) -> String {
+    let mut out = line.to_owned();
+    for k in keys {
+        let mut chars = k.chars();
+        if let Some(first) = chars.next() {
+            let escaped = format!("\"\\u{:04x}{}\"", first as u32, chars.as_str());
+            out = out.replace(&format!("\"{k}\""), &escaped);
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_matching_body_line_always_passes(
+        picks in prop::collection::vec(prop::collection::vec(0usize..BODY_CONDITIONS.len(), 1..4), 1..4),
+        verb in prop::sample::select(vec!["create", "patch", "get"]),
+        resource in prop::sample::select(vec!["pods", "deployments"]),
+        privileged in prop::option::of(any::<bool>()),
+        image in prop::sample::select(vec!["nginx", "public.ecr.aws/x/y:1", "evil.io:5000/evil@sha256:ab"]),
+        host_path in prop::option::of(prop::sample::select(vec!["/var/run/docker.sock", "/etc"])),
+        host_network in any::<bool>(),
+        list in prop::sample::select(vec!["containers", "initContainers", "ephemeralContainers"]),
+        escaped_keys in prop::sample::subsequence(vec!["privileged", "image", "path", "hostNetwork", "containers", "app", "hostPath"], 0..3),
+        escape_slashes in any::<bool>(),
+        wrap in any::<bool>(),
+    ) {
+        let yaml: String = picks
+            .iter()
+            .enumerate()
+            .map(|(i, conds)| {
+                let body: Vec<String> = conds.iter().map(|&c| format!("    {}", BODY_CONDITIONS[c])).collect();
+                format!("- id: r{i}\n  match:\n{}\n  window: 1m\n  threshold: 1\n", body.join("\n"))
+            })
+            .collect();
+        let rules = match load_rules("p.yaml", &yaml) {
+            Ok(r) => r,
+            Err(_) => return Ok(()), // the same path twice in one mapping: not a rule
+        };
+        let prefilter = Prefilter::new(&rules);
+        let mut line = body_event(verb, resource, privileged, image, host_path, host_network, list);
+        line = escape_keys(&line, &escaped_keys);
+        if escape_slashes {
+            line = line.replace('/', "\\/");
+        }
+        if wrap {
+            line = serde_json::json!({"log": line, "host": "h"}).to_string();
+        }
+        let rec = RawRecord { message: line.as_bytes(), ..Default::default() };
+        let mut matched = false;
+        visit_events(&rec, &mut |v| {
+            let v = v.expect("valid event");
+            let facts = EventFacts::new(&v);
+            matched |= rules.iter().any(|r| r.matches(&facts));
+        });
+        if matched {
+            prop_assert!(prefilter.may_match(line.as_bytes()), "rules:\n{}\nline: {}", yaml, line);
+            // And with the fields the structure pass read.
+            let top = scan_structure(line.as_bytes()).ok().flatten();
+            prop_assert!(
+                prefilter.may_match_read(line.as_bytes(), top.as_ref()),
+                "with {:?}; rules:\n{}\nline: {}", top, yaml, line
+            );
         }
     }
 }

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use authwatch_event::event::check_structure;
 use authwatch_event::framing::FramingError;
+use authwatch_event::structure::{scan_structure, Scalar, TopFields};
 use authwatch_event::time::parse_timestamp;
 use authwatch_event::{cluster_from_log_group, visit_events, Micros, RawRecord};
 use authwatch_rules::{Engine, Matcher, Prefilter, Prepared, RuleKind};
@@ -107,21 +107,30 @@ impl Worker {
         };
         out.push(Outcome::Record);
         if let Some(p) = &self.prefilter {
-            if !p.may_match(record.message) {
-                match check_structure(record.message) {
-                    Ok(()) => {
-                        out.push(Outcome::Prefiltered);
-                        if self.times {
-                            out.extend(prefiltered_time(&record).map(Outcome::Time));
-                        }
+            // One structure pass first: it checks what a ruled-out record must be and reads
+            // the fields the prefilter tests exactly. A record it refuses is judged by the
+            // needles alone, as before, so every verdict stays what it was: ruled out, the
+            // structure error is counted; let through, the decoder's.
+            let ruled_out = match scan_structure(record.message) {
+                Ok(top) => (!p.may_match_read(record.message, top.as_ref())).then_some(Ok(top)),
+                Err(e) => (!p.may_match(record.message)).then_some(Err(e)),
+            };
+            match ruled_out {
+                None => {}
+                Some(Ok(top)) => {
+                    out.push(Outcome::Prefiltered);
+                    if self.times {
+                        out.extend(prefiltered_time(&record, top.as_ref()).map(Outcome::Time));
                     }
-                    Err(e) => out.push(Outcome::Error {
+                    return;
+                }
+                Some(Err(e)) => {
+                    return out.push(Outcome::Error {
                         reason: e.reason(),
                         detail: e.to_string(),
                         location: loc.to_string(),
-                    }),
+                    })
                 }
-                return;
             }
         }
         let matcher = &mut self.matcher;
@@ -162,30 +171,18 @@ impl Worker {
     }
 }
 
-/// The newest event time in a record the prefilter ruled out, as decoding would find it:
-/// the `requestReceivedTimestamp`s found by a byte search (an unescaped key can only be a
-/// key), else, when there is none or one does not parse, the lean decoder's own reading.
-fn prefiltered_time(record: &RawRecord<'_>) -> Option<Micros> {
-    const KEY: &[u8] = b"\"requestReceivedTimestamp\":\"";
-    let m = record.message;
-    let mut newest: Option<Micros> = None;
-    let mut found = false;
-    for at in memchr::memmem::find_iter(m, KEY) {
-        found = true;
-        let rest = &m[at + KEY.len()..];
-        let parsed = memchr::memchr(b'"', rest)
-            .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
-            .and_then(parse_timestamp);
-        match parsed {
-            Some(t) => newest = Some(newest.map_or(t, |n| n.max(t))),
-            None => {
-                found = false;
-                break;
-            }
+/// The time of a record the prefilter ruled out, as decoding would find it: the event's own
+/// top-level `requestReceivedTimestamp` as the structure pass read it, else (a wrapper, a
+/// list, an escaped or malformed time) the decoder's reading, the newest of its events.
+///
+/// Only the top-level field: a byte search for the key would also find one nested in a
+/// request body (a ConfigMap with such a key), and a client could move the clock, and with
+/// it the watermark, to any time it likes, making every real event after it too late.
+fn prefiltered_time(record: &RawRecord<'_>, top: Option<&TopFields<'_>>) -> Option<Micros> {
+    if let Some(Scalar::Str(t)) = top.map(|t| t.request_received_timestamp) {
+        if let Some(t) = parse_timestamp(t) {
+            return Some(t);
         }
-    }
-    if found {
-        return newest;
     }
     let mut newest: Option<Micros> = None;
     visit_events(record, &mut |ev| {
