@@ -46,6 +46,29 @@ struct Probe<'p, 'l> {
     found: &'p dyn Fn(usize) -> bool,
     fields: &'p [FieldTest],
     top: Option<&'p TopFields<'l>>,
+    /// Each field test's verdict on this line, once known: 0 = not yet, 1 = false, 2 = true,
+    /// 3 = the field was not read (the needles decide).
+    field_memo: &'p [Cell<u8>],
+}
+
+impl Probe<'_, '_> {
+    /// Field test `i` on the fields read, once per line; `None` when the field was not read.
+    fn field(&self, i: usize) -> Option<bool> {
+        let memo = &self.field_memo[i];
+        match memo.get() {
+            0 => {
+                let r = self.top.and_then(|top| self.fields[i].read(top));
+                memo.set(match r {
+                    Some(false) => 1,
+                    Some(true) => 2,
+                    None => 3,
+                });
+                r
+            }
+            3 => None,
+            v => Some(v == 2),
+        }
+    }
 }
 
 impl Need {
@@ -55,13 +78,10 @@ impl Need {
             Need::OneOf(ids) => ids.iter().any(|&i| (p.found)(i)),
             Need::And(ns) => ns.iter().all(|n| n.holds(p)),
             Need::Or(ns) => ns.iter().any(|n| n.holds(p)),
-            Need::Field(i) => {
-                let f = &p.fields[*i];
-                match p.top.and_then(|top| f.read(top)) {
-                    Some(verdict) => verdict,
-                    None => f.fallback.holds(p),
-                }
-            }
+            Need::Field(i) => match p.field(*i) {
+                Some(verdict) => verdict,
+                None => p.fields[*i].fallback.holds(p),
+            },
         }
     }
 
@@ -93,6 +113,8 @@ struct FieldTest {
     field: TopField,
     test: Test,
     fallback: Need,
+    /// The field and test as written, to find the same test in another rule.
+    key: String,
 }
 
 /// The fields of [`TopFields`] a rule can test.
@@ -105,6 +127,17 @@ enum TopField {
 }
 
 impl TopField {
+    /// The order guards are tried in: the fields whose tests rules share most first.
+    fn rank(self) -> u8 {
+        match self {
+            TopField::Code => 0,
+            TopField::Verb => 1,
+            TopField::Object(ObjectField::Subresource) => 2,
+            TopField::Object(_) => 3,
+            TopField::Username => 4,
+        }
+    }
+
     fn of(path: &FieldPath) -> Option<TopField> {
         Some(match path {
             FieldPath::Verb => TopField::Verb,
@@ -154,6 +187,9 @@ pub struct Prefilter {
     rules: Vec<Need>,
     /// The field tests [`Need::Field`] refers to.
     fields: Vec<FieldTest>,
+    /// Per rule (phase), the field tests its match needs all of: one that is false on a line
+    /// rules the rule out without walking its conditions (most lines fail the first).
+    guards: Vec<Vec<usize>>,
     /// The common case first: when every rule needs one of a few literals (`401`, `403` for
     /// the bundled set), one pass of a multi-literal search (aho-corasick, SIMD) tells that
     /// none is in the line, and then no rule can match: no rule walk, no search per needle.
@@ -200,7 +236,7 @@ impl Prefilter {
                 ));
             }
         }
-        let rules = rule_needs;
+        let rules: Vec<Need> = rule_needs.into_iter().map(flatten).collect();
         let finders = needles
             .iter()
             .map(|n| Finder::new(n.as_bytes()).into_owned())
@@ -217,21 +253,43 @@ impl Prefilter {
                 ids.dedup();
                 aho_corasick::AhoCorasick::new(ids.iter().map(|&i| needles[i].as_bytes())).ok()
             });
+        let guards = rules
+            .iter()
+            .map(|n| match n {
+                Need::And(children) => {
+                    let mut g: Vec<usize> = children
+                        .iter()
+                        .filter_map(|c| match c {
+                            Need::Field(i) => Some(*i),
+                            _ => None,
+                        })
+                        .collect();
+                    // The tests most rules share first (`code`, then `verb`): after the first
+                    // rule they are answered from the line's memo, so most rules cost one look.
+                    g.sort_by_key(|&i| fields[i].field.rank());
+                    g
+                }
+                _ => Vec::new(),
+            })
+            .collect();
         Prefilter {
             needles,
             finders,
             rules,
             fields,
+            guards,
             gate,
         }
     }
 
     /// Whether no line can be skipped (some rule needs no literal).
     pub fn passes_everything(&self) -> bool {
+        let field_memo: Vec<Cell<u8>> = self.fields.iter().map(|_| Cell::new(0)).collect();
         let probe = Probe {
             found: &|_| false,
             fields: &self.fields,
             top: None,
+            field_memo: &field_memo,
         };
         self.rules.iter().any(|n| n.holds(&probe))
     }
@@ -277,12 +335,17 @@ impl Prefilter {
             }
             v => v == 2,
         };
+        let field_memo: smallvec::SmallVec<[Cell<u8>; 32]> =
+            (0..self.fields.len()).map(|_| Cell::new(0)).collect();
         let probe = Probe {
             found: &found,
             fields: &self.fields,
             top,
+            field_memo: &field_memo,
         };
-        self.rules.iter().any(|n| n.holds(&probe))
+        self.rules.iter().zip(&self.guards).any(|(n, guards)| {
+            !guards.iter().any(|&g| probe.field(g) == Some(false)) && n.holds(&probe)
+        })
     }
 }
 
@@ -392,6 +455,52 @@ fn allowing_escapes(need: Need, escapes: &[usize]) -> Need {
     }
 }
 
+/// The field test of `test` on `top`, shared with any rule that has the same one (`code:
+/// [401, 403]`, `verb: [create, update, patch]`): run at most once per line.
+fn field_need(top: TopField, test: &Test, fallback: Need, fields: &mut Vec<FieldTest>) -> Need {
+    let key = format!("{top:?} {test:?}");
+    if let Some(i) = fields.iter().position(|f| f.key == key) {
+        return Need::Field(i);
+    }
+    fields.push(FieldTest {
+        field: top,
+        test: test.clone(),
+        fallback,
+        key,
+    });
+    Need::Field(fields.len() - 1)
+}
+
+/// The subresources `pod.*` reads a pod spec under: none (or empty), or `ephemeralcontainers`.
+fn pod_subresources() -> Test {
+    Test::Not(Box::new(Test::All(vec![
+        Test::Exists(true),
+        Test::Not(Box::new(Test::Eq(vec![
+            Literal::Str("ephemeralcontainers".into()),
+            Literal::Str(String::new()),
+        ]))),
+    ])))
+}
+
+/// `And` children of `And`s lifted into one list, so that a rule's guards (its direct field
+/// tests) include those a condition brings with it.
+fn flatten(need: Need) -> Need {
+    match need {
+        Need::And(ns) => {
+            let mut out = Vec::new();
+            for n in ns {
+                match flatten(n) {
+                    Need::And(inner) => out.extend(inner),
+                    other => out.push(other),
+                }
+            }
+            Need::And(out)
+        }
+        Need::Or(ns) => Need::Or(ns.into_iter().map(flatten).collect()),
+        other => other,
+    }
+}
+
 fn need_of(cond: &Cond, needles: &mut Vec<String>, fields: &mut Vec<FieldTest>) -> Need {
     match cond {
         // `host` comes from the record (the log stream), not from the line's bytes.
@@ -409,26 +518,34 @@ fn need_of(cond: &Cond, needles: &mut Vec<String>, fields: &mut Vec<FieldTest>) 
             // line: `privileged` for `pod.containers[*].securityContext.privileged`. The key
             // is searched unquoted: inside a wrapper the quotes are escaped.
             let empty: [crate::field::Value<'_>; 0] = [];
-            match last_key(field) {
-                Some(key) if !test.holds(&empty) => {
-                    let mut ids = vec![needle(needles, key.to_owned())];
-                    ids.extend_from_slice(&escapes);
-                    Need::And(vec![Need::OneOf(ids), value])
-                }
-                _ => value,
+            let needs_field = !test.holds(&empty);
+            let mut all = Vec::new();
+            // `pod.*` reads no body of a subresource but `ephemeralcontainers` (see
+            // `pod_spec`): `patch pods/status`, a kubelet's most common write, cannot match.
+            if needs_field && matches!(field, FieldPath::Pod(_)) {
+                all.push(field_need(
+                    TopField::Object(ObjectField::Subresource),
+                    &pod_subresources(),
+                    Need::Any,
+                    fields,
+                ));
+            }
+            if let (Some(key), true) = (last_key(field), needs_field) {
+                let mut ids = vec![needle(needles, key.to_owned())];
+                ids.extend_from_slice(&escapes);
+                all.push(Need::OneOf(ids));
+            }
+            if all.is_empty() {
+                value
+            } else {
+                all.push(value);
+                Need::And(all)
             }
         }
         Cond::Field { field, test, .. } => {
             let fallback = test_need(test, needles);
             match TopField::of(field) {
-                Some(top) => {
-                    fields.push(FieldTest {
-                        field: top,
-                        test: test.clone(),
-                        fallback,
-                    });
-                    Need::Field(fields.len() - 1)
-                }
+                Some(top) => field_need(top, test, fallback, fields),
                 None => fallback,
             }
         }

@@ -144,6 +144,7 @@ const BODY_CONDITIONS: &[&str] = &[
     "verb: [create, patch]",
 ];
 
+#[allow(clippy::too_many_arguments)]
 fn body_event(
     verb: &str,
     resource: &str,
@@ -152,6 +153,7 @@ fn body_event(
     host_path: Option<&str>,
     host_network: bool,
     list: &str,
+    sub: Option<&str>,
 ) -> String {
     let mut container = serde_json::json!({"name": "c", "image": image});
     if let Some(p) = privileged {
@@ -172,7 +174,7 @@ fn body_event(
     serde_json::json!({
         "kind": "Event", "apiVersion": "audit.k8s.io/v1", "auditID": "x",
         "requestURI": format!("/api/v1/namespaces/d/{resource}"), "verb": verb, "user": {"username": "u"},
-        "sourceIPs": ["10.0.0.5"], "objectRef": {"resource": resource, "namespace": "d"},
+        "sourceIPs": ["10.0.0.5"], "objectRef": {"resource": resource, "namespace": "d", "subresource": sub},
         "responseStatus": {"code": 201}, "requestReceivedTimestamp": "2026-11-20T10:00:00Z",
         "requestObject": body,
     })
@@ -205,6 +207,7 @@ proptest! {
         host_path in prop::option::of(prop::sample::select(vec!["/var/run/docker.sock", "/etc"])),
         host_network in any::<bool>(),
         list in prop::sample::select(vec!["containers", "initContainers", "ephemeralContainers"]),
+        sub in prop::option::of(prop::sample::select(vec!["ephemeralcontainers", "status", ""])),
         escaped_keys in prop::sample::subsequence(vec!["privileged", "image", "path", "hostNetwork", "containers", "app", "hostPath"], 0..3),
         escape_slashes in any::<bool>(),
         wrap in any::<bool>(),
@@ -222,7 +225,7 @@ proptest! {
             Err(_) => return Ok(()), // the same path twice in one mapping: not a rule
         };
         let prefilter = Prefilter::new(&rules);
-        let mut line = body_event(verb, resource, privileged, image, host_path, host_network, list);
+        let mut line = body_event(verb, resource, privileged, image, host_path, host_network, list, sub);
         line = escape_keys(&line, &escaped_keys);
         if escape_slashes {
             line = line.replace('/', "\\/");
