@@ -70,6 +70,11 @@ fn variants(line: &[u8]) -> Vec<Vec<u8>> {
         "\"requestReceivedTimestamp\":\"",
         "\"requestReceivedTimestamp\":\"\\u0032",
     );
+    edit("\"requestObject\":{", "\"requestObject\":null,\"ro\":{");
+    edit(
+        "\"requestObject\":{",
+        "\"requestObject\" : {\"a\":1},\"requestObject\":{",
+    );
     // A body that holds the same keys nested deeper: never the event's own.
     edit(
         "\"verb\":",

@@ -43,6 +43,9 @@ pub struct TopFields<'a> {
     pub username: Scalar<'a>,
     /// `requestReceivedTimestamp`, the event's time when it parses.
     pub request_received_timestamp: Scalar<'a>,
+    /// Whether the event has a request body: `Str("")` when `requestObject` is there and not
+    /// `null` (the body itself is not read), `Absent` when not (a `Metadata`-level event).
+    pub request_object: Scalar<'a>,
 }
 
 impl TopFields<'_> {
@@ -102,6 +105,18 @@ impl TopFields<'_> {
                     text(ev.request_received_timestamp.as_ref()),
                 ),
             ),
+            ("requestObject", {
+                let body = serde_json::from_slice::<serde_json::Value>(ev.raw)
+                    .ok()
+                    .and_then(|v| v.get("requestObject").cloned())
+                    .filter(|b| !b.is_null());
+                match self.request_object {
+                    Scalar::Str(_) => body.is_some(),
+                    Scalar::Absent => body.is_none(),
+                    Scalar::Int(_) => false,
+                    Scalar::Unknown => true,
+                }
+            }),
         ]
         .into_iter()
         .find_map(|(what, ok)| (!ok).then_some(what))
@@ -124,6 +139,7 @@ enum Parent {
 struct Collect<'a> {
     verb: Option<Scalar<'a>>,
     rrt: Option<Scalar<'a>>,
+    request_object: Option<Scalar<'a>>,
     code: Option<Scalar<'a>>,
     resource: Option<Scalar<'a>>,
     subresource: Option<Scalar<'a>>,
@@ -260,6 +276,14 @@ pub fn scan_structure(raw: &[u8]) -> Result<Option<TopFields<'_>>, DecodeError> 
                                 b"requestReceivedTimestamp" => {
                                     seen(&mut got.rrt, peek(b, v, false), Scalar::Unknown);
                                 }
+                                b"requestObject" => {
+                                    let present = if skip_ws(b, v).starts_with(b"null") {
+                                        Scalar::Absent
+                                    } else {
+                                        Scalar::Str("")
+                                    };
+                                    seen(&mut got.request_object, present, Scalar::Unknown);
+                                }
                                 b"user" => seen(&mut got.user, parent(b, v), Parent::Wrong),
                                 b"objectRef" => {
                                     seen(&mut got.object_ref, parent(b, v), Parent::Wrong)
@@ -330,6 +354,7 @@ pub fn scan_structure(raw: &[u8]) -> Result<Option<TopFields<'_>>, DecodeError> 
                         None if has_event_key => Ok((event_key && !is_list).then(|| TopFields {
                             verb: got.verb.unwrap_or(Scalar::Absent),
                             request_received_timestamp: got.rrt.unwrap_or(Scalar::Absent),
+                            request_object: got.request_object.unwrap_or(Scalar::Absent),
                             code: field(got.code, got.response_status),
                             resource: field(got.resource, got.object_ref),
                             subresource: field(got.subresource, got.object_ref),

@@ -14,6 +14,8 @@
 //! Aho-Corasick pass over all needles was measured slower: frequent words such as `pods` or
 //! `secrets` match on most lines.)
 
+mod verdicts;
+
 use std::cell::Cell;
 
 use memchr::memmem::Finder;
@@ -49,11 +51,31 @@ struct Probe<'p, 'l> {
     /// Each field test's verdict on this line, once known: 0 = not yet, 1 = false, 2 = true,
     /// 3 = the field was not read (the needles decide).
     field_memo: &'p [Cell<u8>],
+    /// Or the verdicts from the tables: decided, true, and to run when asked (then
+    /// recorded in the first two).
+    verdicts: Option<(Cell<u128>, Cell<u128>, u128)>,
 }
 
 impl Probe<'_, '_> {
     /// Field test `i` on the fields read, once per line; `None` when the field was not read.
     fn field(&self, i: usize) -> Option<bool> {
+        if let Some((known, truth, deferred)) = &self.verdicts {
+            let bit = 1u128 << i;
+            if known.get() & bit != 0 {
+                return Some(truth.get() & bit != 0);
+            }
+            if deferred & bit == 0 {
+                return None;
+            }
+            let r = self.top.and_then(|top| self.fields[i].read(top));
+            if let Some(v) = r {
+                known.set(known.get() | bit);
+                if v {
+                    truth.set(truth.get() | bit);
+                }
+            }
+            return r;
+        }
         let memo = &self.field_memo[i];
         match memo.get() {
             0 => {
@@ -118,12 +140,14 @@ struct FieldTest {
 }
 
 /// The fields of [`TopFields`] a rule can test.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TopField {
     Verb,
     Code,
     Object(ObjectField),
     Username,
+    /// Whether there is a request body (a guard of body conditions, not a rule's field).
+    RequestObject,
 }
 
 impl TopField {
@@ -135,6 +159,23 @@ impl TopField {
             TopField::Object(ObjectField::Subresource) => 2,
             TopField::Object(_) => 3,
             TopField::Username => 4,
+            TopField::RequestObject => 5,
+        }
+    }
+
+    /// This field as the structure pass read it.
+    fn scalar<'l>(self, top: &TopFields<'l>) -> Scalar<'l> {
+        match self {
+            TopField::Verb => top.verb,
+            TopField::Code => top.code,
+            TopField::Username => top.username,
+            TopField::Object(ObjectField::Resource) => top.resource,
+            TopField::Object(ObjectField::Subresource) => top.subresource,
+            TopField::Object(ObjectField::Namespace) => top.namespace,
+            TopField::Object(ObjectField::Name) => top.name,
+            TopField::Object(ObjectField::ApiGroup) => top.api_group,
+            TopField::Object(ObjectField::ApiVersion) => Scalar::Unknown,
+            TopField::RequestObject => top.request_object,
         }
     }
 
@@ -158,18 +199,7 @@ impl TopField {
 impl FieldTest {
     /// The test's verdict on the field as read, `None` when the pass could not read it.
     fn read(&self, top: &TopFields<'_>) -> Option<bool> {
-        let scalar = match self.field {
-            TopField::Verb => top.verb,
-            TopField::Code => top.code,
-            TopField::Username => top.username,
-            TopField::Object(ObjectField::Resource) => top.resource,
-            TopField::Object(ObjectField::Subresource) => top.subresource,
-            TopField::Object(ObjectField::Namespace) => top.namespace,
-            TopField::Object(ObjectField::Name) => top.name,
-            TopField::Object(ObjectField::ApiGroup) => top.api_group,
-            TopField::Object(ObjectField::ApiVersion) => return None,
-        };
-        let value = match scalar {
+        let value = match self.field.scalar(top) {
             Scalar::Unknown => return None,
             Scalar::Absent => None,
             Scalar::Str(s) => Some(Value::Str(std::borrow::Cow::Borrowed(s))),
@@ -190,6 +220,10 @@ pub struct Prefilter {
     /// Per rule (phase), the field tests its match needs all of: one that is false on a line
     /// rules the rule out without walking its conditions (most lines fail the first).
     guards: Vec<Vec<usize>>,
+    /// The guards as bit sets over the field tests, for the tables' verdicts.
+    guard_bits: Vec<u128>,
+    /// Every field test's verdict by value; `None` past [`verdicts::MAX_TESTS`] tests.
+    tables: Option<verdicts::FieldTables>,
     /// The common case first: when every rule needs one of a few literals (`401`, `403` for
     /// the bundled set), one pass of a multi-literal search (aho-corasick, SIMD) tells that
     /// none is in the line, and then no rule can match: no rule walk, no search per needle.
@@ -236,7 +270,10 @@ impl Prefilter {
                 ));
             }
         }
-        let rules: Vec<Need> = rule_needs.into_iter().map(flatten).collect();
+        let rules: Vec<Need> = rule_needs
+            .into_iter()
+            .map(|n| cheap_first(flatten(n), &fields))
+            .collect();
         let finders = needles
             .iter()
             .map(|n| Finder::new(n.as_bytes()).into_owned())
@@ -253,7 +290,7 @@ impl Prefilter {
                 ids.dedup();
                 aho_corasick::AhoCorasick::new(ids.iter().map(|&i| needles[i].as_bytes())).ok()
             });
-        let guards = rules
+        let guards: Vec<Vec<usize>> = rules
             .iter()
             .map(|n| match n {
                 Need::And(children) => {
@@ -272,12 +309,23 @@ impl Prefilter {
                 _ => Vec::new(),
             })
             .collect();
+        let guard_bits = guards
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .filter(|&&i| i < verdicts::MAX_TESTS)
+                    .fold(0u128, |m, &i| m | (1u128 << i))
+            })
+            .collect();
+        let tables = verdicts::FieldTables::new(&fields);
         Prefilter {
             needles,
             finders,
             rules,
             fields,
             guards,
+            guard_bits,
+            tables,
             gate,
         }
     }
@@ -290,6 +338,7 @@ impl Prefilter {
             fields: &self.fields,
             top: None,
             field_memo: &field_memo,
+            verdicts: None,
         };
         self.rules.iter().any(|n| n.holds(&probe))
     }
@@ -335,6 +384,24 @@ impl Prefilter {
             }
             v => v == 2,
         };
+        // With the tables: every field verdict from one lookup per field, and a rule whose
+        // guards include a false test is passed over with one AND.
+        if let (Some(top), Some(tables)) = (top, &self.tables) {
+            let (known, truth, deferred) = tables.verdicts(top);
+            let failed = known & !truth;
+            let probe = Probe {
+                found: &found,
+                fields: &self.fields,
+                top: Some(top),
+                field_memo: &[],
+                verdicts: Some((Cell::new(known), Cell::new(truth), deferred)),
+            };
+            return self
+                .rules
+                .iter()
+                .zip(&self.guard_bits)
+                .any(|(n, &guards)| guards & failed == 0 && n.holds(&probe));
+        }
         let field_memo: smallvec::SmallVec<[Cell<u8>; 32]> =
             (0..self.fields.len()).map(|_| Cell::new(0)).collect();
         let probe = Probe {
@@ -342,6 +409,7 @@ impl Prefilter {
             fields: &self.fields,
             top,
             field_memo: &field_memo,
+            verdicts: None,
         };
         self.rules.iter().zip(&self.guards).any(|(n, guards)| {
             !guards.iter().any(|&g| probe.field(g) == Some(false)) && n.holds(&probe)
@@ -471,6 +539,18 @@ fn field_need(top: TopField, test: &Test, fallback: Need, fields: &mut Vec<Field
     Need::Field(fields.len() - 1)
 }
 
+/// Whether the path reads the request body (`pod.*`, `requestObject.…`).
+fn in_request_body(field: &FieldPath) -> bool {
+    match field {
+        FieldPath::Pod(_) => true,
+        FieldPath::Other(path) => path.first().is_some_and(|k| k == "requestObject"),
+        FieldPath::Each(segs) => {
+            matches!(segs.first(), Some(Segment::Key(k)) if k == "requestObject")
+        }
+        _ => false,
+    }
+}
+
 /// The subresources `pod.*` reads a pod spec under: none (or empty), or `ephemeralcontainers`.
 fn pod_subresources() -> Test {
     Test::Not(Box::new(Test::All(vec![
@@ -501,6 +581,28 @@ fn flatten(need: Need) -> Need {
     }
 }
 
+/// Orders each `And` for a short walk: field tests first, those decided by a table lookup
+/// before those that run a pattern or range, the most shared fields first (the guards'
+/// order), then needles and the rest as written.
+fn cheap_first(need: Need, fields: &[FieldTest]) -> Need {
+    match need {
+        Need::And(ns) => {
+            let mut ns: Vec<Need> = ns.into_iter().map(|n| cheap_first(n, fields)).collect();
+            ns.sort_by_key(|n| match n {
+                Need::Field(i) => (
+                    0,
+                    u8::from(!verdicts::equality_only(&fields[*i].test)),
+                    fields[*i].field.rank(),
+                ),
+                _ => (1, 0, 0),
+            });
+            Need::And(ns)
+        }
+        Need::Or(ns) => Need::Or(ns.into_iter().map(|n| cheap_first(n, fields)).collect()),
+        other => other,
+    }
+}
+
 fn need_of(cond: &Cond, needles: &mut Vec<String>, fields: &mut Vec<FieldTest>) -> Need {
     match cond {
         // `host` comes from the record (the log stream), not from the line's bytes.
@@ -526,6 +628,15 @@ fn need_of(cond: &Cond, needles: &mut Vec<String>, fields: &mut Vec<FieldTest>) 
                 all.push(field_need(
                     TopField::Object(ObjectField::Subresource),
                     &pod_subresources(),
+                    Need::Any,
+                    fields,
+                ));
+            }
+            // A value in the request body needs a body: a `Metadata`-level event has none.
+            if needs_field && in_request_body(field) {
+                all.push(field_need(
+                    TopField::RequestObject,
+                    &Test::Exists(true),
                     Need::Any,
                     fields,
                 ));
