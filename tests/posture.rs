@@ -224,9 +224,10 @@ fn an_export_tree_fires_the_posture_rules_on_exactly_what_they_check() {
     assert_eq!(ns.cluster.as_deref(), Some("prod"));
 }
 
-/// A request body may hold a key named like the event's time (here a ConfigMap's data): a
-/// record the prefilter rules out must move the clock by its own time only. Were the nested
-/// time taken (a byte search for the key finds it), a client could push the watermark two
+/// A request body may hold a key named like the event's time (here a ServiceAccount's
+/// annotation: EKS logs its writes with their body, and no bundled rule reads it): a record
+/// the prefilter rules out must move the clock by its own time only. Were the nested time
+/// taken (a byte search for the key finds it), a client could push the watermark two
 /// hours ahead with one request, and the denied burst after it would be too late to count:
 /// `run` replays with the prefilter on and off and requires the same alerts.
 #[test]
@@ -247,12 +248,10 @@ fn a_time_inside_a_request_body_does_not_move_the_clock() {
             "t-02",
             "00:05",
             "create",
-            json!({"resource": "configmaps", "namespace": "prod", "name": "cm", "apiVersion": "v1"}),
+            json!({"resource": "serviceaccounts", "namespace": "prod", "name": "ci", "apiVersion": "v1"}),
             201,
-            Some(
-                json!({"kind": "ConfigMap", "data": {"x": "y"}, "metadata": {"name": "cm"},
-                        "requestReceivedTimestamp": "2026-11-20T12:00:00.000000Z"}),
-            ),
+            Some(json!({"kind": "ServiceAccount", "metadata": {"name": "ci",
+                "annotations": {"requestReceivedTimestamp": "2026-11-20T12:00:00.000000Z"}}})),
         ),
     ];
     for i in 0..25 {

@@ -176,7 +176,7 @@ impl Worker {
 /// list, an escaped or malformed time) the decoder's reading, the newest of its events.
 ///
 /// Only the top-level field: a byte search for the key would also find one nested in a
-/// request body (a ConfigMap with such a key), and a client could move the clock, and with
+/// request body (an annotation of that name), and a client could move the clock, and with
 /// it the watermark, to any time it likes, making every real event after it too late.
 fn prefiltered_time(record: &RawRecord<'_>, top: Option<&TopFields<'_>>) -> Option<Micros> {
     if let Some(Scalar::Str(t)) = top.map(|t| t.request_received_timestamp) {
