@@ -635,6 +635,117 @@ fn a_failover_inside_a_sustained_attack_pages_like_replay() {
     );
 }
 
+/// A create (of a namespace, or of a NetworkPolicy in one) at `ms`, as an audit line.
+fn created(audit_id: &str, ms: i64, resource: &str, namespace: Option<&str>, name: &str) -> String {
+    let mut object = serde_json::json!({"resource": resource, "name": name, "apiVersion": "v1"});
+    if let Some(ns) = namespace {
+        object["namespace"] = ns.into();
+    }
+    serde_json::json!({
+        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+        "auditID": audit_id, "stage": "ResponseComplete", "requestURI": "/api/v1/x",
+        "verb": "create", "user": {"username": "platform"}, "sourceIPs": ["192.0.2.10"],
+        "objectRef": object, "responseStatus": {"code": 201},
+        "requestReceivedTimestamp": rfc3339_ms(ms), "stageTimestamp": rfc3339_ms(ms),
+    })
+    .to_string()
+}
+
+/// kill -9 of a replica inside an absence window (issue #17: absence state survives
+/// failover): eight namespaces are created, four get a NetworkPolicy 3 s later, and a
+/// replica dies 5 s in, before any 15 s deadline. The replica that takes its match shards
+/// over rebuilds the open keys from the match stream (the rebuild horizon covers window and
+/// cooldown), and the four namespaces left open are reported once each, as replay reports
+/// them; the four closed stay quiet.
+#[test]
+fn a_failover_inside_an_absence_window_reports_like_replay() {
+    let Some(ep) = emulator() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("absence.yaml");
+    std::fs::write(
+        &rules,
+        "id: ns-without-policy\nseverity: medium\nkind: absence\nmatch: {verb: create, objectRef.resource: namespaces}\ngroup_by: [objectRef.name]\nclose:\n  match: {verb: create, objectRef.resource: networkpolicies}\n  group_by: [objectRef.namespace]\nwindow: 15s\ncooldown: 30s\n",
+    )
+    .unwrap();
+    let mut s = setup(&ep, "absence", 4);
+    s.rules = Some(rules);
+    let short = ["--low-mark-fallback", "10s"];
+    let mut a = s.replica(&ep, dir.path(), "a", &short);
+    let b = s.replica(&ep, dir.path(), "b", &short);
+    assert!(
+        s.balanced(&ep, &["a", "b"], 2, Duration::from_secs(20)),
+        "{:?}",
+        s.owners(&ep)
+    );
+    let t0 = now_ms() - 1_000;
+    for k in 0..8 {
+        let now = now_ms();
+        let ev = created(
+            &format!("ns-{k}"),
+            now,
+            "namespaces",
+            None,
+            &format!("team-{k}"),
+        );
+        s.emu.put(&s.group, STREAMS[k % 3], &[(now, ev)]);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for k in (0..8).step_by(2) {
+        let now = now_ms();
+        let ns = format!("team-{k}");
+        let ev = created(
+            &format!("np-{k}"),
+            now,
+            "networkpolicies",
+            Some(&ns),
+            "deny-all",
+        );
+        s.emu.put(&s.group, STREAMS[k % 3], &[(now, ev)]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let sent_before = alerts(&a.output).len() + alerts(&b.output).len();
+    assert_eq!(sent_before, 0, "a deadline passed before the kill");
+    a.kill9();
+    // Time moves on: background traffic past every deadline.
+    let mut noise = Noise::load();
+    let until = std::time::Instant::now() + Duration::from_secs(25);
+    while std::time::Instant::now() < until {
+        s.tick(&mut noise);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let last = now_ms();
+    let pre = dir.path().join("pre");
+    std::fs::create_dir_all(&pre).unwrap();
+    let reference = s.replay(&ep, &pre, t0, last);
+    let open: Vec<&str> = reference
+        .iter()
+        .filter_map(|a| a["group"]["objectRef.name"].as_str())
+        .collect();
+    assert_eq!(open.len(), 4, "replay: {reference:#?}");
+    assert!(open
+        .iter()
+        .all(|n| ["team-1", "team-3", "team-5", "team-7"].contains(n)));
+    let got = s.settle_and_compare(
+        &ep,
+        dir.path(),
+        &[&a, &b],
+        &mut noise,
+        4,
+        (t0, last),
+        "failover inside an absence window",
+    );
+    assert_eq!(got.len(), 4);
+    // a died before any deadline: every report is the survivor's, which took a's match
+    // shards over (two at start, two after the kill).
+    assert_eq!(alerts(&b.output).len(), 4, "{}", b.stderr_text());
+    let took = b.stderr_text().matches("window stage: took").count();
+    assert!(
+        took >= 4,
+        "b took {took} match shards:\n{}",
+        b.stderr_text()
+    );
+}
+
 /// Every `PutRecords` of one replica throttled for 12 s (four lease timeouts) while attacks
 /// come in: its match step retries the write the whole time, but the lease rounds run on
 /// their own task, so it keeps its leases (no shard moves), and once the throttling ends the
