@@ -73,6 +73,60 @@ fn go_escape(s: &str) -> String {
         .replace('&', "\\u0026")
 }
 
+/// The rule file of one case: rule `r{i}` with the conditions picked for it.
+fn rule_file(picks: &[Vec<usize>], conditions: &[&str]) -> Option<String> {
+    let yaml: String = picks
+        .iter()
+        .enumerate()
+        .map(|(i, conds)| {
+            let body: Vec<String> = conds
+                .iter()
+                .map(|&c| format!("    {}", conditions[c]))
+                .collect();
+            format!(
+                "- id: r{i}\n  match:\n{}\n  window: 1m\n  threshold: 1\n",
+                body.join("\n")
+            )
+        })
+        .collect();
+    // The same path twice in one mapping is not a rule.
+    load_rules("p.yaml", &yaml).ok().map(|_| yaml)
+}
+
+/// When a rule of `yaml` matches `line`, the prefilter lets it through, from its bytes
+/// alone and with the fields the structure pass read.
+fn assert_sound(yaml: &str, line: &str) -> Result<(), TestCaseError> {
+    let rules = load_rules("p.yaml", yaml).expect("checked by rule_file");
+    let prefilter = Prefilter::new(&rules);
+    let rec = RawRecord {
+        message: line.as_bytes(),
+        ..Default::default()
+    };
+    let mut matched = false;
+    visit_events(&rec, &mut |v| {
+        let v = v.expect("valid event");
+        let facts = EventFacts::new(&v);
+        matched |= rules.iter().any(|r| r.matches(&facts));
+    });
+    if matched {
+        prop_assert!(
+            prefilter.may_match(line.as_bytes()),
+            "rules:\n{}\nline: {}",
+            yaml,
+            line
+        );
+        let top = scan_structure(line.as_bytes()).ok().flatten();
+        prop_assert!(
+            prefilter.may_match_read(line.as_bytes(), top.as_ref()),
+            "with {:?}; rules:\n{}\nline: {}",
+            top,
+            yaml,
+            line
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
 
@@ -90,19 +144,7 @@ proptest! {
         escape in any::<bool>(),
         wrap in any::<bool>(),
     ) {
-        let yaml: String = picks
-            .iter()
-            .enumerate()
-            .map(|(i, conds)| {
-                let body: Vec<String> = conds.iter().map(|&c| format!("    {}", CONDITIONS[c])).collect();
-                format!("- id: r{i}\n  match:\n{}\n  window: 1m\n  threshold: 1\n", body.join("\n"))
-            })
-            .collect();
-        let rules = match load_rules("p.yaml", &yaml) {
-            Ok(r) => r,
-            Err(_) => return Ok(()), // the same path twice in one mapping: not a rule
-        };
-        let prefilter = Prefilter::new(&rules);
+        let Some(yaml) = rule_file(&picks, CONDITIONS) else { return Ok(()) };
         let mut line = event(code, verb, resource, sub, user, ip, agent, forbid);
         if escape {
             line = go_escape(&line);
@@ -110,22 +152,7 @@ proptest! {
         if wrap {
             line = serde_json::json!({"log": line, "host": "h"}).to_string();
         }
-        let rec = RawRecord { message: line.as_bytes(), ..Default::default() };
-        let mut matched = false;
-        visit_events(&rec, &mut |v| {
-            let v = v.expect("valid event");
-            let facts = EventFacts::new(&v);
-            matched |= rules.iter().any(|r| r.matches(&facts));
-        });
-        if matched {
-            prop_assert!(prefilter.may_match(line.as_bytes()), "rules:\n{}\nline: {}", yaml, line);
-            // And with the fields the structure pass read.
-            let top = scan_structure(line.as_bytes()).ok().flatten();
-            prop_assert!(
-                prefilter.may_match_read(line.as_bytes(), top.as_ref()),
-                "with {:?}; rules:\n{}\nline: {}", top, yaml, line
-            );
-        }
+        assert_sound(&yaml, &line)?;
     }
 }
 
@@ -212,19 +239,7 @@ proptest! {
         escape_slashes in any::<bool>(),
         wrap in any::<bool>(),
     ) {
-        let yaml: String = picks
-            .iter()
-            .enumerate()
-            .map(|(i, conds)| {
-                let body: Vec<String> = conds.iter().map(|&c| format!("    {}", BODY_CONDITIONS[c])).collect();
-                format!("- id: r{i}\n  match:\n{}\n  window: 1m\n  threshold: 1\n", body.join("\n"))
-            })
-            .collect();
-        let rules = match load_rules("p.yaml", &yaml) {
-            Ok(r) => r,
-            Err(_) => return Ok(()), // the same path twice in one mapping: not a rule
-        };
-        let prefilter = Prefilter::new(&rules);
+        let Some(yaml) = rule_file(&picks, BODY_CONDITIONS) else { return Ok(()) };
         let mut line = body_event(verb, resource, privileged, image, host_path, host_network, list, sub);
         line = escape_keys(&line, &escaped_keys);
         if escape_slashes {
@@ -233,21 +248,6 @@ proptest! {
         if wrap {
             line = serde_json::json!({"log": line, "host": "h"}).to_string();
         }
-        let rec = RawRecord { message: line.as_bytes(), ..Default::default() };
-        let mut matched = false;
-        visit_events(&rec, &mut |v| {
-            let v = v.expect("valid event");
-            let facts = EventFacts::new(&v);
-            matched |= rules.iter().any(|r| r.matches(&facts));
-        });
-        if matched {
-            prop_assert!(prefilter.may_match(line.as_bytes()), "rules:\n{}\nline: {}", yaml, line);
-            // And with the fields the structure pass read.
-            let top = scan_structure(line.as_bytes()).ok().flatten();
-            prop_assert!(
-                prefilter.may_match_read(line.as_bytes(), top.as_ref()),
-                "with {:?}; rules:\n{}\nline: {}", top, yaml, line
-            );
-        }
+        assert_sound(&yaml, &line)?;
     }
 }
