@@ -13,7 +13,7 @@ use authwatch_event::event::check_structure;
 use authwatch_event::framing::{
     cw_export_time, detect, records_in_document, records_in_line, Format, FramingError, Origin,
 };
-use authwatch_event::structure::scan_structure;
+use authwatch_event::structure::{scan_structure, scan_structure_with, Method};
 use authwatch_event::time::parse_timestamp;
 use authwatch_event::{decode, visit_events, Decoded, RawRecord};
 use authwatch_rules::{
@@ -101,6 +101,15 @@ pub fn decode_event(data: &[u8]) {
         scanned.as_ref().map(|_| ()).map_err(|e| e.reason()),
         check_structure(data).map_err(|e| e.reason())
     );
+    // Every method of the pass (byte walk, portable blocks, AVX2 blocks) reads it alike.
+    let by_bytes = format!("{:?}", scan_structure_with(data, Method::ByteWalk));
+    for method in [Method::Blocks, Method::BlocksAvx2] {
+        assert_eq!(
+            format!("{:?}", scan_structure_with(data, method)),
+            by_bytes,
+            "{method:?}"
+        );
+    }
     if let Ok(Some(top)) = scanned {
         match decode(data) {
             Ok(Decoded::Event(ev)) => {

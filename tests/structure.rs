@@ -7,7 +7,7 @@
 use std::io::Read;
 
 use authwatch_event::event::{check_structure, decode, Decoded};
-use authwatch_event::structure::{scan_structure, Scalar};
+use authwatch_event::structure::{scan_structure, scan_structure_with, Method, Scalar};
 use authwatch_tests::corpus;
 
 fn corpus_lines() -> Vec<Vec<u8>> {
@@ -123,4 +123,42 @@ fn top_fields_are_the_decoders_on_every_corpus_line_and_hostile_variant() {
         read > 1000,
         "the pass read too few fields to prove anything: {read}"
     );
+}
+
+/// The block walks (portable and AVX2) give the byte walk's verdict and fields on every
+/// corpus line, its hostile variants, and each of those cut at and around block boundaries
+/// and with a stray backslash, control byte or non-ASCII byte put in.
+#[test]
+fn every_method_of_the_structure_pass_reads_the_corpus_alike() {
+    let agree = |v: &[u8]| {
+        let want = format!("{:?}", scan_structure_with(v, Method::ByteWalk));
+        for method in [Method::Blocks, Method::BlocksAvx2] {
+            let got = format!("{:?}", scan_structure_with(v, method));
+            assert_eq!(got, want, "{method:?}:\n{}", String::from_utf8_lossy(v));
+        }
+    };
+    let mut checked = 0usize;
+    for line in corpus_lines() {
+        for v in variants(&line) {
+            agree(&v);
+            for cut in [63, 64, 129, v.len() / 2] {
+                agree(&v[..cut.min(v.len())]);
+            }
+            for (at, byte) in [
+                (v.len() / 3, b'\\'),
+                (v.len() / 2, 0x01),
+                (v.len() / 4, 0xe9),
+            ] {
+                let mut changed = v.clone();
+                changed[at] = byte;
+                agree(&changed);
+            }
+            checked += 8;
+        }
+    }
+    eprintln!(
+        "{checked} records; AVX2 here: {}",
+        Method::best() == Method::BlocksAvx2
+    );
+    assert!(checked > 100_000, "too few records: {checked}");
 }
