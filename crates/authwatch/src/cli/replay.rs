@@ -41,7 +41,8 @@ pub struct ReplayArgs {
     /// then counted, not only malformed structure).
     #[arg(long)]
     no_prefilter: bool,
-    /// Threads that decode and match (default: one per core; 1 = everything on one thread).
+    /// Threads that decode and match (default: one per core, less one for gzip inputs, which
+    /// are then inflated on threads of their own; 1 = decoding and matching on one thread).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Files, directories (CloudWatch S3 export trees), or `-` for standard input.
@@ -153,7 +154,7 @@ pub fn run_replay(args: ReplayArgs) -> ExitCode {
         cluster: args.cluster,
         progress: !args.no_progress && !args.quiet,
         prefilter: !args.no_prefilter,
-        threads: threads_or_cores(args.threads),
+        threads: args.threads,
         metrics: args.sink.metrics(args.region.clone()),
     };
     let result = replay(&opts, rules, sinks.all());
@@ -181,13 +182,6 @@ pub fn run_replay(args: ReplayArgs) -> ExitCode {
             ExitCode::from(replay_exit(&e))
         }
     }
-}
-
-fn threads_or_cores(n: usize) -> usize {
-    if n > 0 {
-        return n;
-    }
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn replay_exit(e: &ReplayError) -> u8 {

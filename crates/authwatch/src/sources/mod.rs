@@ -3,7 +3,8 @@
 //! [`Pipeline`](crate::pipeline::Pipeline) (decode, prefilter, skew guard, engine, counts,
 //! metrics, delivery); none knows about a sink.
 //!
-//! - [`files`]: files, directories (CloudWatch S3 export trees), standard input.
+//! - [`files`]: files, directories (CloudWatch S3 export trees), standard input; gzip
+//!   inflated ahead on threads of their own ([`inflate_ahead`]).
 //! - [`cloudwatch`]: `authwatch run`, polling CloudWatch Logs, with a checkpoint.
 //! - [`log_group_range`]: `replay --log-group` and `investigate --log-group`, a closed range.
 //! - [`kinesis`]: `run --kinesis-stream`, the two-stage replicas on a subscription stream.
@@ -15,6 +16,7 @@ use crate::telemetry::cloudwatch_metrics::UNKNOWN_CLUSTER;
 
 pub mod cloudwatch;
 pub mod files;
+pub mod inflate_ahead;
 pub mod kinesis;
 pub mod log_group_range;
 
