@@ -137,7 +137,15 @@ fn run_plan(
         }
     };
     if opts.threads > 1 {
-        run_parallel(plan, &bytes, &mut pipeline, opts.threads, &show_progress)?;
+        run_parallel(
+            plan,
+            &bytes,
+            &mut pipeline,
+            opts.threads,
+            &show_progress,
+            &|_, _: &mut Vec<()>| {},
+            &mut |_| {},
+        )?;
     } else {
         let mut n = 0u64;
         let mut sink_error = None;
@@ -220,18 +228,25 @@ fn shared(cache: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
     }
 }
 
+/// What a worker made of one batch: the pipeline's outcomes and what `also` took.
+type Done<X> = (u64, Vec<Outcome>, Vec<X>);
+
 /// Reads on one thread, decodes and matches on `workers` threads, and feeds the engine on
 /// this one in input order (batches carry sequence numbers; out-of-order results wait).
-fn run_parallel(
+/// `also` sees each record on its worker too (investigate takes its observations there);
+/// `take` gets what it took, a batch at a time, in input order.
+pub(crate) fn run_parallel<X: Send>(
     plan: &Plan,
     progress: &Arc<AtomicU64>,
     pipeline: &mut Pipeline<'_>,
     workers: usize,
     show_progress: &dyn Fn(u64),
+    also: &(dyn Fn(&RawRecord<'_>, &mut Vec<X>) + Sync),
+    take: &mut dyn FnMut(Vec<X>),
 ) -> Result<(), ReplayError> {
     let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(workers * 2);
     let batch_rx = Arc::new(Mutex::new(batch_rx));
-    let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Vec<Outcome>)>(workers * 2);
+    let (done_tx, done_rx) = mpsc::sync_channel::<Done<X>>(workers * 2);
     std::thread::scope(|s| {
         for _ in 0..workers {
             let rx = batch_rx.clone();
@@ -244,6 +259,7 @@ fn run_parallel(
                 };
                 let Ok(batch) = next else { break };
                 let mut out = Vec::with_capacity(batch.records.len() * 2);
+                let mut extra = Vec::new();
                 for m in &batch.records {
                     let loc = Location {
                         name: &m.name,
@@ -260,9 +276,12 @@ fn run_parallel(
                             event_id: None,
                         }),
                     };
+                    if let Ok(r) = &record {
+                        also(r, &mut extra);
+                    }
                     worker.process(record, &loc, &mut out);
                 }
-                if tx.send((batch.seq, out)).is_err() {
+                if tx.send((batch.seq, out, extra)).is_err() {
                     break;
                 }
             });
@@ -318,9 +337,10 @@ fn run_parallel(
         let mut held = BTreeMap::new();
         let mut records = 0u64;
         let mut sink_error = None;
-        for (seq, outcomes) in done_rx.iter() {
-            held.insert(seq, outcomes);
-            while let Some(outcomes) = held.remove(&next) {
+        for (seq, outcomes, extra) in done_rx.iter() {
+            held.insert(seq, (outcomes, extra));
+            while let Some((outcomes, extra)) = held.remove(&next) {
+                take(extra);
                 records += outcomes.len() as u64;
                 if let Err(e) = pipeline.accept(outcomes) {
                     sink_error = Some(e);

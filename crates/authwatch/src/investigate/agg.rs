@@ -141,6 +141,32 @@ pub fn dim_values(view: &EventView<'_, '_>) -> [Vec<String>; 7] {
     ]
 }
 
+/// What the aggregation takes from one selected event: owned, so that it can be taken on a
+/// decoding thread and counted, in input order, on another.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    t: Micros,
+    audit_id: Option<String>,
+    code: Option<i64>,
+    values: [Vec<String>; 7],
+}
+
+impl Observation {
+    /// What [`Aggregator::add`] counts of `view` at time `t`.
+    pub fn of(view: &EventView<'_, '_>, t: Micros) -> Observation {
+        Observation {
+            t,
+            audit_id: view
+                .event
+                .audit_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
+            code: view.event.code(),
+            values: dim_values(view),
+        }
+    }
+}
+
 /// The aggregation state of one pass.
 #[derive(Debug)]
 pub struct Aggregator {
@@ -192,11 +218,13 @@ impl Aggregator {
         }
     }
 
-    /// Counts one selected event at time `t`. A second copy of an auditID (within
-    /// [`DEDUP_HORIZON`]) is only counted as a duplicate.
-    pub fn observe(&mut self, view: &EventView<'_, '_>, t: Micros) {
-        if let Some(id) = &view.event.audit_id {
-            let h = hash64(id.as_str());
+    /// Counts one selected event, as [`Observation::of`] took it (on a decoding thread,
+    /// maybe: given the same observations in the same order, the counts are the same). A
+    /// second copy of an auditID (within [`DEDUP_HORIZON`]) is only counted as a duplicate.
+    pub fn add(&mut self, obs: Observation) {
+        let t = obs.t;
+        if let Some(id) = obs.audit_id {
+            let h = hash64(&id);
             if self.seen.insert(h, t).is_some() {
                 self.duplicates += 1;
                 return;
@@ -216,24 +244,24 @@ impl Aggregator {
                 self.prune_at = (self.seen.len() * 2).clamp(1 << 16, DEDUP_CAP);
             }
             if self.first_ids.len() < SAMPLE_IDS {
-                self.first_ids.push(id.as_str().to_owned());
+                self.first_ids.push(id);
             } else {
                 if self.last_ids.len() == SAMPLE_IDS {
                     self.last_ids.pop_front();
                 }
-                self.last_ids.push_back(id.as_str().to_owned());
+                self.last_ids.push_back(id);
             }
         }
         self.events += 1;
         self.extend_span(t);
         self.total.add(t, self.res);
-        let values = dim_values(view);
-        if let Some(code) = view.event.code() {
+        let values = obs.values;
+        if let Some(code) = obs.code {
             self.by_code.entry(code).or_default().add(t, self.res);
         }
         *self
             .codes
-            .entry(view.event.code().map_or("-".into(), |c| c.to_string()))
+            .entry(obs.code.map_or("-".into(), |c| c.to_string()))
             .or_default() += 1;
         for ip in &values[1] {
             self.all_addresses.add(hash64(ip));

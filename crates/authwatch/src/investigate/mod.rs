@@ -15,9 +15,8 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use authwatch_event::framing::FramingError;
 use authwatch_event::time::parse_timestamp;
-use authwatch_event::{visit_events, Micros};
+use authwatch_event::{visit_events, Micros, RawRecord};
 use authwatch_rules::field::EventFacts;
 use authwatch_rules::rule::parse_duration;
 use authwatch_rules::{load_rules, Alert, Engine, EngineConfig, Prefilter, Rule};
@@ -25,9 +24,9 @@ use authwatch_rules::{load_rules, Alert, Engine, EngineConfig, Prefilter, Rule};
 use crate::pipeline::Pipeline;
 use crate::rule_files;
 use crate::sinks::AlertSink;
-use crate::sources::files::{plan, FormatChoice, Location};
+use crate::sources::files::{plan, FormatChoice};
 
-use agg::{Aggregator, KeyReport, ReportHead};
+use agg::{Aggregator, KeyReport, Observation, ReportHead};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -107,6 +106,10 @@ pub struct InvestigateArgs {
     /// Cluster name to put on alerts.
     #[arg(long)]
     pub cluster: Option<String>,
+    /// Threads that decode and select (default: one per core, less one for gzip inputs, as
+    /// replay; 1 = one thread). The report is the same with any number.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 #[derive(clap::Parser)]
@@ -321,35 +324,46 @@ pub fn investigate(args: &InvestigateArgs) -> Result<agg::Report, InvestigateErr
         },
     );
     let mut pipeline = Pipeline::new(engine, vec![&mut collect], !args.no_prefilter);
-    let mut handle = |record: Result<authwatch_event::RawRecord<'_>, FramingError>,
-                      loc: Location<'_>| {
-        if let Ok(r) = &record {
-            if prefilter.as_ref().is_none_or(|p| p.may_match(r.message)) {
-                visit_events(r, &mut |ev| {
-                    let Ok(view) = ev else { return };
-                    let Some(t) = view.time else { return };
-                    if filter.matches(&EventFacts::new(&view)) {
-                        agg.observe(&view, t);
-                    }
-                });
-            }
-        }
-        pipeline.on_record(record, loc)
-    };
+    let prefilter = prefilter.as_ref();
     match range {
         Some(range) => crate::sources::log_group_range::for_each_range_record(
             &args.log_group,
             args.region.clone(),
             range,
             args.api_rate,
-            &mut |r, loc| handle(Ok(r), loc),
+            &mut |r, loc| {
+                select(&r, prefilter, &filter, &mut |o| agg.add(o));
+                pipeline.on_record(Ok(r), loc)
+            },
         )
         .map_err(|e| InvestigateError::Io(e.to_string()))?,
         None => {
-            let plan = plan(&args.inputs, args.input_format)
+            let mut plan = plan(&args.inputs, args.input_format)
                 .map_err(|e| InvestigateError::Io(e.to_string()))?;
-            plan.run(&Arc::new(AtomicU64::new(0)), &mut handle)
+            let workers = crate::replay::workers_for(args.threads, &plan);
+            plan.inflate_ahead = crate::sources::files::inflate_ahead_beside(workers);
+            if workers > 1 {
+                crate::replay::run_parallel(
+                    &plan,
+                    &Arc::new(AtomicU64::new(0)),
+                    &mut pipeline,
+                    workers,
+                    &|_| {},
+                    &|r, out: &mut Vec<Observation>| {
+                        select(r, prefilter, &filter, &mut |o| out.push(o))
+                    },
+                    &mut |observed| observed.into_iter().for_each(|o| agg.add(o)),
+                )
                 .map_err(|e| InvestigateError::Io(e.to_string()))?;
+            } else {
+                plan.run(&Arc::new(AtomicU64::new(0)), &mut |record, loc| {
+                    if let Ok(r) = &record {
+                        select(r, prefilter, &filter, &mut |o| agg.add(o));
+                    }
+                    pipeline.on_record(record, loc)
+                })
+                .map_err(|e| InvestigateError::Io(e.to_string()))?;
+            }
         }
     }
     pipeline
@@ -370,6 +384,26 @@ pub fn investigate(args: &InvestigateArgs) -> Result<agg::Report, InvestigateErr
         alerts_total: collect.total,
     };
     Ok(agg.report(args.top, head, alerts))
+}
+
+/// What investigate counts of one record: each event in it the filter selects (the
+/// prefilter first rules out records it cannot select).
+fn select(
+    r: &RawRecord<'_>,
+    prefilter: Option<&Prefilter>,
+    filter: &Rule,
+    take: &mut dyn FnMut(Observation),
+) {
+    if prefilter.is_some_and(|p| !p.may_match(r.message)) {
+        return;
+    }
+    visit_events(r, &mut |ev| {
+        let Ok(view) = ev else { return };
+        let Some(t) = view.time else { return };
+        if filter.matches(&EventFacts::new(&view)) {
+            take(Observation::of(&view, t));
+        }
+    });
 }
 
 fn run(args: &InvestigateArgs) -> Result<(), InvestigateError> {
