@@ -136,11 +136,12 @@ impl Coordinator {
             }
         }
         let leasable = readable(&leases);
+        let timeout = self.timeout;
         let expired = |l: &Lease, seen: &HashMap<String, (u64, Instant)>| {
             l.owner.is_none()
                 || seen
                     .get(&l.shard_id)
-                    .is_some_and(|(c, t)| *c == l.counter && now.duration_since(*t) >= self.timeout)
+                    .is_some_and(|(c, t)| *c == l.counter && now.duration_since(*t) >= timeout)
         };
         // Live replicas: this one and every owner of a lease that is not expired.
         let mut load: BTreeMap<String, usize> = BTreeMap::new();
@@ -162,17 +163,7 @@ impl Coordinator {
             if self.held.contains_key(&l.shard_id) || !expired(l, &self.seen) {
                 continue;
             }
-            if self
-                .table
-                .write_owner(l, &self.owner, l.counter + 1, None)
-                .await?
-            {
-                let mut l = (*l).clone();
-                l.counter += 1;
-                l.owner = Some(self.owner.clone());
-                self.seen.insert(l.shard_id.clone(), (l.counter, now));
-                self.held.insert(l.shard_id.clone(), l.clone());
-                changes.gained.push(l);
+            if self.take(l, now, &mut changes).await? {
                 mine += 1;
             }
         }
@@ -190,24 +181,37 @@ impl Coordinator {
                         .iter()
                         .find(|l| l.owner.as_deref() == Some(victim.as_str()))
                     {
-                        if self
-                            .table
-                            .write_owner(l, &self.owner, l.counter + 1, None)
-                            .await?
-                        {
-                            let mut l = (*l).clone();
-                            l.counter += 1;
-                            l.owner = Some(self.owner.clone());
-                            self.seen.insert(l.shard_id.clone(), (l.counter, now));
-                            self.held.insert(l.shard_id.clone(), l.clone());
-                            changes.gained.push(l);
-                        }
+                        self.take(l, now, &mut changes).await?;
                     }
                 }
             }
         }
         self.last = leases;
         Ok(changes)
+    }
+
+    /// Takes `l` (free, expired, or another replica's) by a conditional write on its counter;
+    /// whether it is now held (false: someone else wrote it first).
+    async fn take(
+        &mut self,
+        l: &Lease,
+        now: Instant,
+        changes: &mut Changes,
+    ) -> Result<bool, LeaseError> {
+        if !self
+            .table
+            .write_owner(l, &self.owner, l.counter + 1, None)
+            .await?
+        {
+            return Ok(false);
+        }
+        let mut l = l.clone();
+        l.counter += 1;
+        l.owner = Some(self.owner.clone());
+        self.seen.insert(l.shard_id.clone(), (l.counter, now));
+        self.held.insert(l.shard_id.clone(), l.clone());
+        changes.gained.push(l);
+        Ok(true)
     }
 
     /// Marks a held shard read to its end (its children become leasable) and gives it up.
