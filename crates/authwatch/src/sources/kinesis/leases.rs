@@ -75,20 +75,42 @@ impl StageLeases {
             .clone()
     }
 
+    /// Marks `shard` read to its end through `read_through` (ms) and gives its lease up;
+    /// whether that was recorded. On a transient error the lease is forgotten instead, and
+    /// whoever takes it next reads the shard to its end again. `stage` names the caller in
+    /// the warning.
+    pub(super) async fn finish_shard(
+        &self,
+        shard: &str,
+        read_through: i64,
+        stage: &str,
+    ) -> Result<bool, LeaseError> {
+        let finished = skip_transient(
+            self.coord
+                .lock()
+                .await
+                .finish_shard(shard, read_through)
+                .await,
+            &format!("{stage}: marking the end of"),
+            shard,
+        )?;
+        if finished.is_none() {
+            self.coord.lock().await.forget(shard);
+        }
+        Ok(finished.is_some())
+    }
+
     /// Stops the rounds and gives every held lease up (a clean stop). A round holds the lock
     /// for its whole length, so taking the lock first lets a round in progress finish rather
     /// than cutting it between a renewal's write and its record; a round stuck in AWS retries
     /// is cut after [`ROUND_WAIT`], and `release_all` copes with what it left.
     pub(super) async fn release(&self) {
-        let mut coord = match tokio::time::timeout(ROUND_WAIT, self.coord.lock()).await {
-            Ok(coord) => {
-                self.rounds.abort();
-                coord
-            }
-            Err(_) => {
-                self.rounds.abort();
-                self.coord.lock().await
-            }
+        let waited = tokio::time::timeout(ROUND_WAIT, self.coord.lock()).await;
+        // Held: no round is in progress. Timed out: the aborted round lets the lock go.
+        self.rounds.abort();
+        let mut coord = match waited {
+            Ok(coord) => coord,
+            Err(_) => self.coord.lock().await,
         };
         if let Err(e) = coord.release_all().await {
             tracing::warn!("authwatch run: releasing leases: {e}");

@@ -149,21 +149,13 @@ pub(super) async fn checkpoint_match(
         .get(shard)
         .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
     if batch.ended {
-        let finished = skip_transient(
-            st.leases
-                .coord
-                .lock()
-                .await
-                .finish_shard(shard, read_through)
-                .await,
-            "match stage: marking the end of",
-            shard,
-        )?;
+        let finished = st
+            .leases
+            .finish_shard(shard, read_through, "match stage")
+            .await?;
         st.readers.remove(shard);
-        match finished {
-            Some(()) => tracing::info!("authwatch run: match stage: {shard} read to its end"),
-            // Whoever takes the lease next reads the shard to its end again.
-            None => st.leases.coord.lock().await.forget(shard),
+        if finished {
+            tracing::info!("authwatch run: match stage: {shard} read to its end");
         }
         return Ok(());
     }

@@ -267,21 +267,10 @@ pub(super) async fn window_step(
         if batch.ended {
             // A resharded match stream: the children start with empty windows (a gap the
             // docs/limits.md names); the parent's alerts are all out.
-            let finished = skip_transient(
-                st.leases
-                    .coord
-                    .lock()
-                    .await
-                    .finish_shard(&shard, through)
-                    .await,
-                "window stage: marking the end of",
-                &shard,
-            )?;
+            st.leases
+                .finish_shard(&shard, through, "window stage")
+                .await?;
             st.shards.remove(&shard);
-            if finished.is_none() {
-                // Whoever takes the lease next reads the shard to its end again.
-                st.leases.coord.lock().await.forget(&shard);
-            }
             continue;
         }
         if ws.last_checkpoint.elapsed() >= Duration::from_secs(1) {
