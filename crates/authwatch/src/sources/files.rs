@@ -657,7 +657,7 @@ impl<R: Read> Read for CountingReader<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
@@ -689,17 +689,20 @@ mod tests {
         assert_eq!(out, text);
     }
 
-    #[test]
-    fn a_gzip_bomb_is_cut_off_near_the_slack_not_read_to_its_end() {
-        // 1 GiB of zeros from 100 members of 10 MiB each (about 1 MB compressed).
+    /// 1 GiB of zeros from 100 gzip members of 10 MiB each (about 1 MB compressed).
+    pub(crate) fn gzip_bomb() -> Vec<u8> {
         let member = gz(&vec![0u8; 10 << 20]);
-        let bomb: Vec<u8> = member
+        member
             .iter()
             .copied()
             .cycle()
             .take(member.len() * 100)
-            .collect();
-        let (mut r, _) = open_decoded(Box::new(Cursor::new(bomb))).unwrap();
+            .collect()
+    }
+
+    /// Reads `r`, the content of [`gzip_bomb`], and checks that the ratio bound stops it with
+    /// its error long before its end.
+    pub(crate) fn assert_bomb_cut_off(r: &mut dyn Read) {
         let mut sink = [0u8; 1 << 16];
         let mut total = 0u64;
         let err = loop {
@@ -712,5 +715,11 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("decompression bomb"), "{err}");
         assert!(total < 1 << 30, "{total}");
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_cut_off_near_the_slack_not_read_to_its_end() {
+        let (mut r, _) = open_decoded(Box::new(Cursor::new(gzip_bomb()))).unwrap();
+        assert_bomb_cut_off(&mut r);
     }
 }
