@@ -66,6 +66,8 @@ fn variants(line: &[u8]) -> Vec<Vec<u8>> {
     edit("\"code\":", "\"code\":null,\"y\":");
     edit("\"user\":{", "\"user\":\"bob\",\"z\":{");
     edit("\"username\":\"", "\"username\":null,\"u\":\"");
+    // Non-ASCII text (valid UTF-8) in a field the pass reads.
+    edit("\"username\":\"", "\"username\":\"jörg-山田-");
     edit(
         "\"requestReceivedTimestamp\":\"",
         "\"requestReceivedTimestamp\":\"\\u0032",
