@@ -311,11 +311,7 @@ impl Prefilter {
             .collect();
         let guard_bits = guards
             .iter()
-            .map(|g| {
-                g.iter()
-                    .filter(|&&i| i < verdicts::MAX_TESTS)
-                    .fold(0u128, |m, &i| m | (1u128 << i))
-            })
+            .map(|g| verdicts::bits_of(g.iter().copied().filter(|&i| i < verdicts::MAX_TESTS)))
             .collect();
         let tables = verdicts::FieldTables::new(&fields);
         Prefilter {

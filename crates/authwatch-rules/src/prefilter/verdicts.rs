@@ -59,11 +59,18 @@ fn literals<'t>(t: &'t Test, out: &mut Vec<&'t Literal>) {
     }
 }
 
+/// The verdict bits of these test indices (each below [`MAX_TESTS`]).
+pub(super) fn bits_of(indices: impl IntoIterator<Item = usize>) -> u128 {
+    indices.into_iter().fold(0, |m, i| m | (1u128 << i))
+}
+
 fn bits_where(tests: &[(usize, &Test)], values: &[Value<'_>]) -> u128 {
-    tests
-        .iter()
-        .filter(|(_, t)| t.holds(values))
-        .fold(0, |m, (i, _)| m | (1u128 << i))
+    bits_of(
+        tests
+            .iter()
+            .filter(|(_, t)| t.holds(values))
+            .map(|(i, _)| *i),
+    )
 }
 
 impl FieldTables {
@@ -124,12 +131,12 @@ impl FieldTables {
             let nothing = [Value::Str(std::borrow::Cow::Borrowed("\u{1}\u{2}"))];
             tables.push(FieldTable {
                 field: kind,
-                all: tests.iter().fold(0, |m, (i, _)| m | (1u128 << i)),
+                all: bits_of(tests.iter().map(|(i, _)| *i)),
                 absent: bits_where(&tests, &[]),
                 by_str,
                 by_int,
                 others: bits_where(&eq, &nothing),
-                dynamic: dynamic.iter().fold(0, |m, (i, _)| m | (1u128 << i)),
+                dynamic: bits_of(dynamic.iter().map(|(i, _)| *i)),
             });
         }
         Some(FieldTables { tables })
