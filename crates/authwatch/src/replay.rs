@@ -17,7 +17,7 @@ use authwatch_event::RawRecord;
 
 use crate::pipeline::{Outcome, Pipeline};
 use crate::sinks::AlertSink;
-use crate::sources::files::{inflate_ahead_beside, plan, FormatChoice, InputError, Location, Plan};
+use crate::sources::files::{plan, FormatChoice, InputError, Location, Plan};
 use crate::summary::Summary;
 use crate::telemetry::cloudwatch_metrics::{MetricsConfig, MetricsPublisher, UNKNOWN_CLUSTER};
 
@@ -37,7 +37,7 @@ pub struct ReplayOptions {
     /// Skip decoding records no rule can match (see [`Pipeline::new`]).
     pub prefilter: bool,
     /// Threads that decode and match (the reader and the engine have one each besides);
-    /// 1 runs everything on the calling thread; 0 chooses (see [`workers_for`]).
+    /// 1 runs everything on the calling thread; 0 chooses (see [`Plan::choose_threads`]).
     pub threads: usize,
     /// Publish CloudWatch metrics (turns the prefilter off: every 401/403 is counted).
     pub metrics: Option<MetricsConfig>,
@@ -75,8 +75,7 @@ pub fn replay(
 ) -> Result<Summary, ReplayError> {
     let started = Instant::now();
     let mut plan = plan(&opts.inputs, opts.format)?;
-    let workers = workers_for(opts.threads, &plan);
-    plan.inflate_ahead = inflate_ahead_beside(workers);
+    let workers = plan.choose_threads(opts.threads);
     run_plan(
         &plan,
         &ReplayOptions {
@@ -87,22 +86,6 @@ pub fn replay(
         sinks,
         started,
     )
-}
-
-/// The decoding threads for `threads` (`--threads`; 0: one per core, less one when the inputs
-/// include gzip, whose inflating then takes that core: measured on 2 cores, a gzip replay on
-/// one decoding thread with its inflater beside it takes 0.90 s, on two with the reader
-/// inflating 1.0 s).
-pub fn workers_for(threads: usize, plan: &Plan) -> usize {
-    if threads > 0 {
-        return threads;
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if plan.gzip_files > 0 {
-        cores.saturating_sub(1).max(1)
-    } else {
-        cores
-    }
 }
 
 fn run_plan(

@@ -340,8 +340,7 @@ pub fn investigate(args: &InvestigateArgs) -> Result<agg::Report, InvestigateErr
         None => {
             let mut plan = plan(&args.inputs, args.input_format)
                 .map_err(|e| InvestigateError::Io(e.to_string()))?;
-            let workers = crate::replay::workers_for(args.threads, &plan);
-            plan.inflate_ahead = crate::sources::files::inflate_ahead_beside(workers);
+            let workers = plan.choose_threads(args.threads);
             if workers > 1 {
                 crate::replay::run_parallel(
                     &plan,

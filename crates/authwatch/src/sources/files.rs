@@ -230,8 +230,8 @@ pub struct Plan {
     /// How many of them are gzip.
     pub gzip_files: u64,
     /// Inflate gzip inputs on threads of their own ([`InflateAhead`]); else on the reading
-    /// thread. [`plan`] sets it when the machine has more than one core; a caller that keeps
-    /// every core busy otherwise turns it off (see [`inflate_ahead_beside`]).
+    /// thread. [`plan`] sets it when the machine has more than one core;
+    /// [`Plan::choose_threads`] when the decoding threads leave a core for it.
     pub inflate_ahead: bool,
     /// The framing chosen for each file, for the summary.
     pub formats: BTreeMap<String, &'static str>,
@@ -245,7 +245,7 @@ pub fn plan(inputs: &[PathBuf], choice: FormatChoice) -> Result<Plan, InputError
         files: 0,
         total_bytes: 0,
         gzip_files: 0,
-        inflate_ahead: inflate_ahead_beside(1),
+        inflate_ahead: cores() > 1,
         formats: BTreeMap::new(),
         choice,
     };
@@ -306,6 +306,23 @@ pub fn plan(inputs: &[PathBuf], choice: FormatChoice) -> Result<Plan, InputError
 }
 
 impl Plan {
+    /// The decoding threads for `threads` (`--threads`; 0: one per core, less one when the
+    /// inputs include gzip), and with them whether gzip inputs are inflated ahead: when the
+    /// decoding threads leave a core. Measured on 2 cores (docs/performance.md): with one
+    /// decoding thread, inflating ahead takes a gzip replay from 1.62 s to 0.90 s; beside
+    /// two it slows it (1.0 s to 1.2 s: the threads contend), while one decoding thread with
+    /// its inflater beside it beats two with the reader inflating (0.90 s against 1.0 s).
+    pub fn choose_threads(&mut self, threads: usize) -> usize {
+        let cores = cores();
+        let workers = match threads {
+            0 if self.gzip_files > 0 => cores.saturating_sub(1).max(1),
+            0 => cores,
+            n => n,
+        };
+        self.inflate_ahead = cores > workers;
+        workers
+    }
+
     fn add_file(&mut self, path: &Path) -> Result<Format, InputError> {
         let file = File::open(path).map_err(|e| InputError::new(path, e))?;
         let size = file.metadata().map_err(|e| InputError::new(path, e))?.len();
@@ -316,8 +333,7 @@ impl Plan {
         let format = match self.choice {
             FormatChoice::Fixed(f) => f,
             FormatChoice::Auto => {
-                let (_, head) =
-                    open_decoded(Box::new(raw)).map_err(|e| InputError::new(path, e))?;
+                let (_, head) = decoded(raw, &head).map_err(|e| InputError::new(path, e))?;
                 detect(&head)
             }
         };
@@ -400,12 +416,8 @@ fn peek<R: Read>(mut r: R) -> io::Result<(Peeked<R>, Vec<u8>)> {
     Ok((again, head))
 }
 
-/// Whether gzip inputs should be inflated on threads of their own beside `busy` threads that
-/// keep a core each busy: when the machine has a core they leave. Measured on 2 cores
-/// (docs/performance.md): with one processing thread, inflating ahead takes a gzip replay from
-/// 1.62 s to 0.90 s; beside two, it slows it (1.0 s to 1.2 s: the threads contend).
-pub fn inflate_ahead_beside(busy: usize) -> bool {
-    std::thread::available_parallelism().is_ok_and(|cores| cores.get() > busy)
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Opens a file input: its content (gzip undone, on a thread of its own if `ahead` and there
@@ -420,14 +432,14 @@ fn open_file(
     let file = File::open(path).map_err(at)?;
     let (raw, head) = peek(CountingReader::new(file, progress.clone())).map_err(at)?;
     if !(ahead && is_gzip(&head)) {
-        return open_decoded(Box::new(raw)).map_err(at);
+        return decoded(raw, &head).map_err(at);
     }
     match InflateAhead::start(raw) {
         Ok(ahead) => {
             let (content, head) = peek(ahead).map_err(at)?;
             Ok((Box::new(content), head))
         }
-        Err(raw) => open_decoded(Box::new(raw)).map_err(at),
+        Err(raw) => decoded(raw, &head).map_err(at),
     }
 }
 
@@ -435,12 +447,18 @@ fn open_file(
 /// first bytes (for framing detection).
 pub fn open_decoded(r: Box<dyn Read>) -> io::Result<(Box<dyn BufRead>, Vec<u8>)> {
     let (r, head) = peek(r)?;
-    let (r, head): (Box<dyn Read>, _) = if is_gzip(&head) {
+    decoded(r, &head)
+}
+
+/// [`open_decoded`] of an input already peeked: `raw` from its first byte, `head` its first
+/// bytes.
+fn decoded(raw: impl Read + 'static, head: &[u8]) -> io::Result<(Box<dyn BufRead>, Vec<u8>)> {
+    let (r, head): (Box<dyn Read>, _) = if is_gzip(head) {
         let compressed = Arc::new(AtomicU64::new(0));
         let decoder = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
             256 * 1024,
             CountCompressed {
-                inner: r,
+                inner: raw,
                 count: compressed.clone(),
             },
         ));
@@ -451,7 +469,7 @@ pub fn open_decoded(r: Box<dyn Read>) -> io::Result<(Box<dyn BufRead>, Vec<u8>)>
         })?;
         (Box::new(r), head)
     } else {
-        (Box::new(r), head)
+        (Box::new(raw), head.to_vec())
     };
     Ok((Box::new(BufReader::with_capacity(256 * 1024, r)), head))
 }
