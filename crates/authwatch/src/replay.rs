@@ -230,10 +230,15 @@ pub(crate) fn run_parallel<X: Send>(
     let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(workers * 2);
     let batch_rx = Arc::new(Mutex::new(batch_rx));
     let (done_tx, done_rx) = mpsc::sync_channel::<Done<X>>(workers * 2);
+    // Emptied batches go back to the reader: a fresh 1 MiB buffer for every batch costs a
+    // page fault per 4 KiB written (about a third of a second of system time a 2.4 GB file).
+    // At most the batches in flight come back, so this channel needs no bound.
+    let (free_tx, free_rx) = mpsc::channel::<Batch>();
     std::thread::scope(|s| {
         for _ in 0..workers {
             let rx = batch_rx.clone();
             let tx = done_tx.clone();
+            let free = free_tx.clone();
             let mut worker = pipeline.worker();
             s.spawn(move || loop {
                 let next = match rx.lock() {
@@ -267,15 +272,27 @@ pub(crate) fn run_parallel<X: Send>(
                 if tx.send((batch.seq, out, extra)).is_err() {
                     break;
                 }
+                let mut batch = batch;
+                batch.bytes.clear();
+                batch.records.clear();
+                // The reader may have finished: then the batch is just dropped.
+                let _ = free.send(batch);
             });
         }
         drop(done_tx);
         drop(batch_rx);
+        drop(free_tx);
         let reader = s.spawn(move || {
-            let new_batch = |seq| Batch {
-                seq,
-                bytes: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
-                records: Vec::with_capacity(4096),
+            let new_batch = |seq| match free_rx.try_recv() {
+                Ok(mut used) => {
+                    used.seq = seq;
+                    used
+                }
+                Err(_) => Batch {
+                    seq,
+                    bytes: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
+                    records: Vec::with_capacity(4096),
+                },
             };
             let mut batch = new_batch(0);
             let (mut names, mut streams, mut groups) = (None, None, None);
