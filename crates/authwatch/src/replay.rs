@@ -180,10 +180,11 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 struct RecordMeta {
     start: usize,
     end: usize,
-    stream: Option<Arc<str>>,
-    log_group: Option<Arc<str>>,
+    /// Indices in the batch's `texts`.
+    stream: Option<u32>,
+    log_group: Option<u32>,
     cw_timestamp: Option<authwatch_event::Micros>,
-    name: Arc<str>,
+    name: u32,
     index: u64,
     is_line: bool,
     error: Option<FramingError>,
@@ -194,6 +195,47 @@ struct Batch {
     seq: u64,
     bytes: Vec<u8>,
     records: Vec<RecordMeta>,
+    /// The file, stream and log group names its records have, each once per run of records
+    /// that share it: an `Arc` per record would have its count moved on the reader's core
+    /// and again on a worker's, for every record.
+    texts: Vec<Arc<str>>,
+    /// Where the last name, stream and log group are in `texts`.
+    last: [Option<u32>; 3],
+}
+
+impl Batch {
+    fn new(seq: u64) -> Batch {
+        Batch {
+            seq,
+            bytes: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
+            records: Vec::with_capacity(4096),
+            texts: Vec::new(),
+            last: [None; 3],
+        }
+    }
+
+    /// Empties it for reuse, keeping its buffers.
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+        self.texts.clear();
+        self.last = [None; 3];
+    }
+
+    /// The index in `texts` of `text`, a name of kind `slot` (0 file, 1 stream, 2 log
+    /// group): the last one of that kind when it is the same text.
+    fn text(&mut self, slot: usize, cache: &mut Option<Arc<str>>, text: &str) -> u32 {
+        if let Some(i) = self.last[slot] {
+            if &*self.texts[i as usize] == text {
+                return i;
+            }
+        }
+        // At most 3 texts a record and 16,384 records a batch.
+        let i = self.texts.len() as u32;
+        self.texts.push(shared(cache, text));
+        self.last[slot] = Some(i);
+        i
+    }
 }
 
 /// A batch is handed to the workers at about this size.
@@ -234,6 +276,9 @@ pub(crate) fn run_parallel<X: Send>(
     // page fault per 4 KiB written (about a third of a second of system time a 2.4 GB file).
     // At most the batches in flight come back, so this channel needs no bound.
     let (free_tx, free_rx) = mpsc::channel::<Batch>();
+    // The same for the workers' outcome lists, handed back once the engine has taken them.
+    let spare_outcomes: Mutex<Vec<Vec<Outcome>>> = Mutex::new(Vec::new());
+    let spare_outcomes = &spare_outcomes;
     std::thread::scope(|s| {
         for _ in 0..workers {
             let rx = batch_rx.clone();
@@ -246,11 +291,15 @@ pub(crate) fn run_parallel<X: Send>(
                     Err(_) => break,
                 };
                 let Ok(batch) = next else { break };
-                let mut out = Vec::with_capacity(batch.records.len() * 2);
+                let mut out = spare_outcomes
+                    .lock()
+                    .ok()
+                    .and_then(|mut spare| spare.pop())
+                    .unwrap_or_else(|| Vec::with_capacity(batch.records.len() * 2));
                 let mut extra = Vec::new();
                 for m in &batch.records {
                     let loc = Location {
-                        name: &m.name,
+                        name: &batch.texts[m.name as usize],
                         index: m.index,
                         is_line: m.is_line,
                     };
@@ -258,8 +307,8 @@ pub(crate) fn run_parallel<X: Send>(
                         Some(e) => Err(e.clone()),
                         None => Ok(RawRecord {
                             message: &batch.bytes[m.start..m.end],
-                            stream: m.stream.as_deref(),
-                            log_group: m.log_group.as_deref(),
+                            stream: m.stream.map(|i| &*batch.texts[i as usize]),
+                            log_group: m.log_group.map(|i| &*batch.texts[i as usize]),
                             cw_timestamp: m.cw_timestamp,
                             event_id: None,
                         }),
@@ -273,8 +322,7 @@ pub(crate) fn run_parallel<X: Send>(
                     break;
                 }
                 let mut batch = batch;
-                batch.bytes.clear();
-                batch.records.clear();
+                batch.clear();
                 // The reader may have finished: then the batch is just dropped.
                 let _ = free.send(batch);
             });
@@ -288,16 +336,12 @@ pub(crate) fn run_parallel<X: Send>(
                     used.seq = seq;
                     used
                 }
-                Err(_) => Batch {
-                    seq,
-                    bytes: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
-                    records: Vec::with_capacity(4096),
-                },
+                Err(_) => Batch::new(seq),
             };
             let mut batch = new_batch(0);
             let (mut names, mut streams, mut groups) = (None, None, None);
             let result = plan.run(progress, &mut |record, loc| {
-                let name = shared(&mut names, loc.name);
+                let name = batch.text(0, &mut names, loc.name);
                 let mut meta = RecordMeta {
                     start: batch.bytes.len(),
                     end: batch.bytes.len(),
@@ -313,8 +357,8 @@ pub(crate) fn run_parallel<X: Send>(
                     Ok(r) => {
                         batch.bytes.extend_from_slice(r.message);
                         meta.end = batch.bytes.len();
-                        meta.stream = r.stream.map(|t| shared(&mut streams, t));
-                        meta.log_group = r.log_group.map(|t| shared(&mut groups, t));
+                        meta.stream = r.stream.map(|t| batch.text(1, &mut streams, t));
+                        meta.log_group = r.log_group.map(|t| batch.text(2, &mut groups, t));
                         meta.cw_timestamp = r.cw_timestamp;
                     }
                     Err(e) => meta.error = Some(e),
@@ -339,12 +383,17 @@ pub(crate) fn run_parallel<X: Send>(
         let mut sink_error = None;
         for (seq, outcomes, extra) in done_rx.iter() {
             held.insert(seq, (outcomes, extra));
-            while let Some((outcomes, extra)) = held.remove(&next) {
+            while let Some((mut outcomes, extra)) = held.remove(&next) {
                 take(extra);
                 records += outcomes.len() as u64;
-                if let Err(e) = pipeline.accept(outcomes) {
+                if let Err(e) = pipeline.accept(outcomes.drain(..)) {
                     sink_error = Some(e);
                     break;
+                }
+                if let Ok(mut spare) = spare_outcomes.lock() {
+                    if spare.len() < workers * 4 {
+                        spare.push(outcomes);
+                    }
                 }
                 next += 1;
             }
