@@ -15,7 +15,7 @@ use std::sync::{mpsc, Mutex};
 use authwatch_event::framing::FramingError;
 use authwatch_event::RawRecord;
 
-use crate::pipeline::{Outcome, Pipeline};
+use crate::pipeline::{Outcome, Pipeline, Seen};
 use crate::sinks::AlertSink;
 use crate::sources::files::{plan, FormatChoice, InputError, Location, Plan};
 use crate::summary::Summary;
@@ -126,7 +126,7 @@ fn run_plan(
             &mut pipeline,
             opts.threads,
             &show_progress,
-            &|_, _: &mut Vec<()>| {},
+            &|_, _, _: &mut Vec<()>| {},
             &mut |_| {},
         )?;
     } else {
@@ -266,7 +266,7 @@ pub(crate) fn run_parallel<X: Send>(
     pipeline: &mut Pipeline<'_>,
     workers: usize,
     show_progress: &dyn Fn(u64),
-    also: &(dyn Fn(&RawRecord<'_>, &mut Vec<X>) + Sync),
+    also: &(dyn Fn(&RawRecord<'_>, Seen<'_, '_>, &mut Vec<X>) + Sync),
     take: &mut dyn FnMut(Vec<X>),
 ) -> Result<(), ReplayError> {
     let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(workers * 2);
@@ -313,10 +313,9 @@ pub(crate) fn run_parallel<X: Send>(
                             event_id: None,
                         }),
                     };
-                    if let Ok(r) = &record {
-                        also(r, &mut extra);
-                    }
-                    worker.process(record, &loc, &mut out);
+                    worker.process_seeing(record, &loc, &mut out, &mut |r, seen| {
+                        also(r, seen, &mut extra)
+                    });
                 }
                 if tx.send((batch.seq, out, extra)).is_err() {
                     break;

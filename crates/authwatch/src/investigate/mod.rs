@@ -21,7 +21,7 @@ use authwatch_rules::field::EventFacts;
 use authwatch_rules::rule::parse_duration;
 use authwatch_rules::{load_rules, Alert, Engine, EngineConfig, Prefilter, Rule};
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Seen};
 use crate::rule_files;
 use crate::sinks::AlertSink;
 use crate::sources::files::{plan, FormatChoice};
@@ -332,8 +332,9 @@ pub fn investigate(args: &InvestigateArgs) -> Result<agg::Report, InvestigateErr
             range,
             args.api_rate,
             &mut |r, loc| {
-                select(&r, prefilter, &filter, &mut |o| agg.add(o));
-                pipeline.on_record(Ok(r), loc)
+                pipeline.on_record_seeing(Ok(r), loc, &mut |r, seen| {
+                    select(r, seen, prefilter, &filter, &mut |o| agg.add(o))
+                })
             },
         )
         .map_err(|e| InvestigateError::Io(e.to_string()))?,
@@ -348,18 +349,17 @@ pub fn investigate(args: &InvestigateArgs) -> Result<agg::Report, InvestigateErr
                     &mut pipeline,
                     workers,
                     &|_| {},
-                    &|r, out: &mut Vec<Observation>| {
-                        select(r, prefilter, &filter, &mut |o| out.push(o))
+                    &|r, seen, out: &mut Vec<Observation>| {
+                        select(r, seen, prefilter, &filter, &mut |o| out.push(o))
                     },
                     &mut |observed| observed.into_iter().for_each(|o| agg.add(o)),
                 )
                 .map_err(|e| InvestigateError::Io(e.to_string()))?;
             } else {
                 plan.run(&Arc::new(AtomicU64::new(0)), &mut |record, loc| {
-                    if let Ok(r) = &record {
-                        select(r, prefilter, &filter, &mut |o| agg.add(o));
-                    }
-                    pipeline.on_record(record, loc)
+                    pipeline.on_record_seeing(record, loc, &mut |r, seen| {
+                        select(r, seen, prefilter, &filter, &mut |o| agg.add(o))
+                    })
                 })
                 .map_err(|e| InvestigateError::Io(e.to_string()))?;
             }
@@ -389,11 +389,18 @@ pub fn investigate(args: &InvestigateArgs) -> Result<agg::Report, InvestigateErr
 /// prefilter first rules out records it cannot select).
 fn select(
     r: &RawRecord<'_>,
+    seen: Seen<'_, '_>,
     prefilter: Option<&Prefilter>,
     filter: &Rule,
     take: &mut dyn FnMut(Observation),
 ) {
-    if prefilter.is_some_and(|p| !p.may_match(r.message)) {
+    // The fields the pipeline's structure pass read, when it read them: the same verdict
+    // for every record the filter can match, without searching the record again.
+    let may_match = |p: &Prefilter| match seen {
+        Some(top) => p.may_match_read(r.message, top),
+        None => p.may_match(r.message),
+    };
+    if prefilter.is_some_and(|p| !may_match(p)) {
         return;
     }
     visit_events(r, &mut |ev| {

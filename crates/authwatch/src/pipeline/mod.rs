@@ -18,7 +18,7 @@ pub use accounting::{
     system_now, Accounting, Counters, ErrorSample, WallClock, DEFAULT_MAX_FUTURE_SKEW,
     MAX_ERROR_SAMPLES,
 };
-pub use worker::{EventFact, Outcome, Worker};
+pub use worker::{EventFact, Outcome, Seen, Worker};
 
 use crate::sinks::AlertSink;
 use crate::sources::files::Location;
@@ -72,8 +72,18 @@ impl<'s> Pipeline<'s> {
         record: Result<RawRecord<'_>, FramingError>,
         loc: Location<'_>,
     ) -> io::Result<()> {
+        self.on_record_seeing(record, loc, &mut |_, _| {})
+    }
+
+    /// [`Pipeline::on_record`], showing `see` what [`Worker::process_seeing`] does.
+    pub fn on_record_seeing(
+        &mut self,
+        record: Result<RawRecord<'_>, FramingError>,
+        loc: Location<'_>,
+        see: &mut dyn FnMut(&RawRecord<'_>, Seen<'_, '_>),
+    ) -> io::Result<()> {
         let mut outcomes = std::mem::take(&mut self.outcomes);
-        self.worker.process(record, &loc, &mut outcomes);
+        self.worker.process_seeing(record, &loc, &mut outcomes, see);
         let result = self.accept(outcomes.drain(..));
         self.outcomes = outcomes;
         result

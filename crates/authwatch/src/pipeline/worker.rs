@@ -95,6 +95,20 @@ impl Worker {
         loc: &Location<'_>,
         out: &mut Vec<Outcome>,
     ) {
+        self.process_seeing(record, loc, out, &mut |_, _| {});
+    }
+
+    /// [`Worker::process`], showing `see` each record (not framing errors) and what the
+    /// structure pass read of it, once, before it is decoded: so that a caller with a
+    /// prefilter of its own (investigate's filter) tests it on the same fields instead of
+    /// searching the record again. See [`Seen`].
+    pub fn process_seeing(
+        &mut self,
+        record: Result<RawRecord<'_>, FramingError>,
+        loc: &Location<'_>,
+        out: &mut Vec<Outcome>,
+        see: &mut dyn FnMut(&RawRecord<'_>, Seen<'_, '_>),
+    ) {
         let record = match record {
             Ok(r) => r,
             Err(e) => {
@@ -111,7 +125,9 @@ impl Worker {
             // the fields the prefilter tests exactly. A record it refuses is judged by the
             // needles alone, as before, so every verdict stays what it was: ruled out, the
             // structure error is counted; let through, the decoder's.
-            let ruled_out = match scan_structure(record.message) {
+            let scanned = scan_structure(record.message);
+            see(&record, scanned.as_ref().ok().map(Option::as_ref));
+            let ruled_out = match scanned {
                 Ok(top) => (!p.may_match_read(record.message, top.as_ref())).then_some(Ok(top)),
                 Err(e) => (!p.may_match(record.message)).then_some(Err(e)),
             };
@@ -132,6 +148,8 @@ impl Worker {
                     })
                 }
             }
+        } else {
+            see(&record, None);
         }
         let matcher = &mut self.matcher;
         let facts = self.facts;
@@ -170,6 +188,12 @@ impl Worker {
         });
     }
 }
+
+/// What [`Worker::process_seeing`] shows of a record: `Some` when the structure pass read it
+/// and found it well-formed, with the fields of a plain event line (`Some(None)` for a
+/// wrapper or a list: [`Prefilter::may_match_read`] takes either); `None` when the pass did
+/// not run (no prefilter) or refused the record, so only a search of the bytes tells.
+pub type Seen<'r, 'a> = Option<Option<&'r TopFields<'a>>>;
 
 /// The time of a record the prefilter ruled out, as decoding would find it: the event's own
 /// top-level `requestReceivedTimestamp` as the structure pass read it, else (a wrapper, a
