@@ -290,7 +290,7 @@ pub(crate) fn run_parallel<X: Send>(
                     Ok(guard) => guard.recv(),
                     Err(_) => break,
                 };
-                let Ok(batch) = next else { break };
+                let Ok(mut batch) = next else { break };
                 let mut out = spare_outcomes
                     .lock()
                     .ok()
@@ -320,7 +320,6 @@ pub(crate) fn run_parallel<X: Send>(
                 if tx.send((batch.seq, out, extra)).is_err() {
                     break;
                 }
-                let mut batch = batch;
                 batch.clear();
                 // The reader may have finished: then the batch is just dropped.
                 let _ = free.send(batch);

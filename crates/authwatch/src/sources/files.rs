@@ -486,9 +486,6 @@ fn read_framed(
         let mut buf = Vec::with_capacity(16 * 1024);
         let mut line_no = 0u64;
         loop {
-            // A line whole in the reader's buffer (all but about one in fifty: the buffer
-            // is 256 KiB) is framed where it is, without copying it out first; the same bytes,
-            // newline included, as `read_line_bounded` would copy.
             let available = match reader.fill_buf() {
                 Ok(b) => b,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -497,44 +494,32 @@ fn read_framed(
             if available.is_empty() {
                 return Ok(());
             }
-            if let Some(end) = memchr::memchr(b'\n', available).filter(|&i| i < MAX_RECORD_BYTES) {
-                line_no += 1;
-                let loc = Location {
-                    name,
-                    index: line_no,
-                    is_line: true,
-                };
-                let mut result = Ok(());
-                framing::records_in_line(format, &available[..=end], origin, &mut |r| {
-                    if result.is_ok() {
-                        result = sink(r, loc);
-                    }
-                });
-                reader.consume(end + 1);
-                result?;
-                continue;
-            }
-            let len = read_line_bounded(reader.as_mut(), &mut buf, MAX_RECORD_BYTES)?;
-            if len == 0 {
-                return Ok(());
-            }
             line_no += 1;
             let loc = Location {
                 name,
                 index: line_no,
                 is_line: true,
             };
+            // A line whole in the reader's buffer (all but about one in fifty: the buffer
+            // is 256 KiB) is framed where it is, without copying it out first; the same bytes,
+            // newline included, as `read_line_bounded` would copy.
+            if let Some(end) = memchr::memchr(b'\n', available).filter(|&i| i < MAX_RECORD_BYTES) {
+                let result = frame_line(format, &available[..=end], origin, loc, sink);
+                reader.consume(end + 1);
+                result?;
+                continue;
+            }
+            let len = read_line_bounded(reader.as_mut(), &mut buf, MAX_RECORD_BYTES)?;
+            if len == 0 {
+                // Not reached with a `BufRead` that keeps what `fill_buf` returned until it
+                // is consumed: the buffer just seen is not empty.
+                return Ok(());
+            }
             if len > MAX_RECORD_BYTES {
                 sink(Err(FramingError::TooLong(len)), loc)?;
                 continue;
             }
-            let mut result = Ok(());
-            framing::records_in_line(format, &buf, origin, &mut |r| {
-                if result.is_ok() {
-                    result = sink(r, loc);
-                }
-            });
-            result?;
+            frame_line(format, &buf, origin, loc, sink)?;
         }
     } else {
         let doc = read_document_bounded(reader.as_mut(), MAX_DOCUMENT_BYTES)?;
@@ -555,6 +540,23 @@ fn read_framed(
         });
         result
     }
+}
+
+/// Hands `sink` the records of one line of a line framing, stopping at its first error.
+fn frame_line(
+    format: Format,
+    line: &[u8],
+    origin: Origin<'_>,
+    loc: Location<'_>,
+    sink: &mut RecordHandler<'_>,
+) -> io::Result<()> {
+    let mut result = Ok(());
+    framing::records_in_line(format, line, origin, &mut |r| {
+        if result.is_ok() {
+            result = sink(r, loc);
+        }
+    });
+    result
 }
 
 /// Reads a whole document, refusing one longer than `max` bytes with an error (after
@@ -660,16 +662,10 @@ fn merge_streams(
             index: c.line_no,
             is_line: true,
         };
-        let mut result = Ok(());
-        if let Some(len) = c.too_long {
-            result = sink(Err(FramingError::TooLong(len)), loc);
-        } else {
-            framing::records_in_line(Format::CwExport, &c.buf, origin, &mut |r| {
-                if result.is_ok() {
-                    result = sink(r, loc);
-                }
-            });
-        }
+        let result = match c.too_long {
+            Some(len) => sink(Err(FramingError::TooLong(len)), loc),
+            None => frame_line(Format::CwExport, &c.buf, origin, loc, sink),
+        };
         result.map_err(|e| InputError {
             path: c.file_name.clone(),
             error: e,
