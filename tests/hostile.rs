@@ -468,3 +468,67 @@ fn an_address_spray_through_replay_raises_the_cardinality_alert_and_the_attack_s
     assert_eq!(by_ip[0].group.0[0].1, "203.0.113.9");
     assert_eq!(by_ip[0].count, 20);
 }
+
+#[test]
+fn bad_lines_across_many_read_blocks_are_counted_and_sampled_at_their_line_numbers() {
+    // The parallel replay reads line framings in blocks of about 1 MiB and frames them on its
+    // workers: the line numbers in the samples must still be the input's, in every block, in
+    // a plain and a gzip file, after a whole document between them, and past a line too long
+    // to keep. `run` also checks that one thread and three agree.
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = Vec::new();
+    let mut bad = Vec::new();
+    let mut line = 0;
+    // About 8 MiB of events; every 9,000th line broken, and the 20,000th far too long.
+    for i in 0..24_000 {
+        line += 1;
+        if i > 0 && i % 9_000 == 0 {
+            text.extend_from_slice(b"{\"auditID\": not json\n");
+            bad.push(line);
+        } else if i == 20_000 {
+            text.extend(std::iter::repeat_n(b'x', (16 << 20) + 5));
+            text.push(b'\n');
+            bad.push(line);
+        } else {
+            writeln!(text, "{}", denied(i, r#"["198.51.100.7"]"#)).unwrap();
+        }
+    }
+    let plain = dir.path().join("a.jsonl");
+    std::fs::write(&plain, &text).unwrap();
+    let doc = dir.path().join("b.json");
+    std::fs::write(
+        &doc,
+        r#"{"events":[{"message":"not json","logStreamName":"s","timestamp":1}]}"#,
+    )
+    .unwrap();
+    let gz = dir.path().join("c.jsonl.gz");
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&text).unwrap();
+    std::fs::write(&gz, e.finish().unwrap()).unwrap();
+
+    let (_, s) = run(
+        &[plain.clone(), doc.clone(), gz.clone()],
+        FormatChoice::Auto,
+        bundled(),
+        None,
+    );
+    assert_eq!(
+        s.parse_errors,
+        2 * bad.len() as u64 + 1,
+        "{:?}",
+        s.parse_errors_by_reason
+    );
+    assert_eq!(s.parse_errors_by_reason.get("record_too_long"), Some(&2));
+    let want: Vec<String> = bad
+        .iter()
+        .map(|n| format!("{}:{n}", plain.display()))
+        .chain([format!("{} (record 1)", doc.display())])
+        .chain(bad.iter().map(|n| format!("{}:{n}", gz.display())))
+        .collect();
+    let got: Vec<&str> = s
+        .parse_error_samples
+        .iter()
+        .map(|e| e.location.as_str())
+        .collect();
+    assert_eq!(got, want);
+}

@@ -12,12 +12,14 @@ use authwatch_rules::{Engine, EngineConfig, Rule, RuleError};
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Mutex};
 
-use authwatch_event::framing::FramingError;
+use authwatch_event::framing::{Format, FramingError};
 use authwatch_event::RawRecord;
 
 use crate::pipeline::{Outcome, Pipeline, Seen};
 use crate::sinks::AlertSink;
-use crate::sources::files::{plan, FormatChoice, InputError, Location, Plan};
+use crate::sources::files::{
+    frame_lines, plan, BlockTaker, FormatChoice, InputError, LineBlock, Location, Plan,
+};
 use crate::summary::Summary;
 use crate::telemetry::cloudwatch_metrics::{MetricsConfig, MetricsPublisher, UNKNOWN_CLUSTER};
 
@@ -190,11 +192,15 @@ struct RecordMeta {
     error: Option<FramingError>,
 }
 
-/// Records copied out of the reader's buffers, to be decoded on a worker thread.
+/// Records copied out of the reader's buffers, or a block of whole lines read into `bytes`,
+/// to be decoded on a worker thread.
 struct Batch {
     seq: u64,
+    /// The records' bytes, or the block's buffer: its lines are `bytes[..lines.len]`.
     bytes: Vec<u8>,
     records: Vec<RecordMeta>,
+    /// Set when the batch is a [`LineBlock`]: its lines are framed on the worker.
+    lines: Option<Lines>,
     /// The file, stream and log group names its records have, each once per run of records
     /// that share it: an `Arc` per record would have its count moved on the reader's core
     /// and again on a worker's, for every record.
@@ -209,15 +215,18 @@ impl Batch {
             seq,
             bytes: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
             records: Vec::with_capacity(4096),
+            lines: None,
             texts: Vec::new(),
             last: [None; 3],
         }
     }
 
-    /// Empties it for reuse, keeping its buffers.
+    /// Empties it for reuse, keeping its buffers. `bytes` keeps its length too: a block read
+    /// into it overwrites it without zeroing it first (see [`BlockTaker::block`]); records
+    /// empty it before the first is copied in.
     fn clear(&mut self) {
-        self.bytes.clear();
         self.records.clear();
+        self.lines = None;
         self.texts.clear();
         self.last = [None; 3];
     }
@@ -238,6 +247,15 @@ impl Batch {
     }
 }
 
+/// What a [`Batch`] of whole lines holds besides its bytes.
+struct Lines {
+    format: Format,
+    /// Index in the batch's `texts`.
+    name: u32,
+    first_line: u64,
+    len: usize,
+}
+
 /// A batch is handed to the workers at about this size.
 const BATCH_BYTES: usize = 1 << 20;
 
@@ -250,6 +268,100 @@ fn shared(cache: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
             *cache = Some(a.clone());
             a
         }
+    }
+}
+
+/// The reading thread's side of [`run_parallel`]: fills batches and sends them in order.
+struct Batcher {
+    batch: Batch,
+    tx: mpsc::SyncSender<Batch>,
+    /// Batches the workers have emptied.
+    free: mpsc::Receiver<Batch>,
+    /// The last file, stream and log group names (see [`shared`]).
+    names: Option<Arc<str>>,
+    streams: Option<Arc<str>>,
+    groups: Option<Arc<str>>,
+}
+
+impl Batcher {
+    /// Sends the batch being filled and starts the next.
+    fn send(&mut self) -> std::io::Result<()> {
+        let seq = self.batch.seq + 1;
+        let next = match self.free.try_recv() {
+            Ok(mut used) => {
+                used.seq = seq;
+                used
+            }
+            Err(_) => Batch::new(seq),
+        };
+        self.tx
+            .send(std::mem::replace(&mut self.batch, next))
+            .map_err(|_| std::io::Error::other("the pipeline stopped"))
+    }
+
+    /// Sends what is left (when the pipeline has stopped, there is no one to send it to).
+    fn finish(mut self) {
+        if !self.batch.records.is_empty() {
+            let _ = self.send();
+        }
+    }
+}
+
+impl BlockTaker for Batcher {
+    fn record(
+        &mut self,
+        record: Result<RawRecord<'_>, FramingError>,
+        loc: Location<'_>,
+    ) -> std::io::Result<()> {
+        let batch = &mut self.batch;
+        if batch.records.is_empty() {
+            batch.bytes.clear();
+        }
+        let name = batch.text(0, &mut self.names, loc.name);
+        let mut meta = RecordMeta {
+            start: batch.bytes.len(),
+            end: batch.bytes.len(),
+            stream: None,
+            log_group: None,
+            cw_timestamp: None,
+            name,
+            index: loc.index,
+            is_line: loc.is_line,
+            error: None,
+        };
+        match record {
+            Ok(r) => {
+                batch.bytes.extend_from_slice(r.message);
+                meta.end = batch.bytes.len();
+                meta.stream = r.stream.map(|t| batch.text(1, &mut self.streams, t));
+                meta.log_group = r.log_group.map(|t| batch.text(2, &mut self.groups, t));
+                meta.cw_timestamp = r.cw_timestamp;
+            }
+            Err(e) => meta.error = Some(e),
+        }
+        batch.records.push(meta);
+        if batch.bytes.len() >= BATCH_BYTES || batch.records.len() >= 16_384 {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    fn block(&mut self, block: LineBlock<'_>) -> std::io::Result<Vec<u8>> {
+        // Batches keep input order: records before the block go first.
+        if !self.batch.records.is_empty() {
+            self.send()?;
+        }
+        let name = self.batch.text(0, &mut self.names, block.name);
+        self.batch.lines = Some(Lines {
+            format: block.format,
+            name,
+            first_line: block.first_line,
+            len: block.len,
+        });
+        let spare = std::mem::replace(&mut self.batch.bytes, block.bytes);
+        self.send()?;
+        // The next block is read into the buffer of the batch that will carry it.
+        Ok(std::mem::replace(&mut self.batch.bytes, spare))
     }
 }
 
@@ -295,8 +407,22 @@ pub(crate) fn run_parallel<X: Send>(
                     .lock()
                     .ok()
                     .and_then(|mut spare| spare.pop())
-                    .unwrap_or_else(|| Vec::with_capacity(batch.records.len() * 2));
+                    .unwrap_or_else(|| Vec::with_capacity(batch.records.len().max(2048) * 2));
                 let mut extra = Vec::new();
+                let mut see = |r: &RawRecord<'_>, seen: Seen<'_, '_>| also(r, seen, &mut extra);
+                if let Some(l) = &batch.lines {
+                    // The sink never fails, so neither does the framing.
+                    let _ = frame_lines(
+                        l.format,
+                        &batch.bytes[..l.len],
+                        &batch.texts[l.name as usize],
+                        l.first_line,
+                        &mut |record, loc| {
+                            worker.process_seeing(record, &loc, &mut out, &mut see);
+                            Ok(())
+                        },
+                    );
+                }
                 for m in &batch.records {
                     let loc = Location {
                         name: &batch.texts[m.name as usize],
@@ -313,9 +439,7 @@ pub(crate) fn run_parallel<X: Send>(
                             event_id: None,
                         }),
                     };
-                    worker.process_seeing(record, &loc, &mut out, &mut |r, seen| {
-                        also(r, seen, &mut extra)
-                    });
+                    worker.process_seeing(record, &loc, &mut out, &mut see);
                 }
                 if tx.send((batch.seq, out, extra)).is_err() {
                     break;
@@ -329,50 +453,16 @@ pub(crate) fn run_parallel<X: Send>(
         drop(batch_rx);
         drop(free_tx);
         let reader = s.spawn(move || {
-            let new_batch = |seq| match free_rx.try_recv() {
-                Ok(mut used) => {
-                    used.seq = seq;
-                    used
-                }
-                Err(_) => Batch::new(seq),
+            let mut batcher = Batcher {
+                batch: Batch::new(0),
+                tx: batch_tx,
+                free: free_rx,
+                names: None,
+                streams: None,
+                groups: None,
             };
-            let mut batch = new_batch(0);
-            let (mut names, mut streams, mut groups) = (None, None, None);
-            let result = plan.run(progress, &mut |record, loc| {
-                let name = batch.text(0, &mut names, loc.name);
-                let mut meta = RecordMeta {
-                    start: batch.bytes.len(),
-                    end: batch.bytes.len(),
-                    stream: None,
-                    log_group: None,
-                    cw_timestamp: None,
-                    name,
-                    index: loc.index,
-                    is_line: loc.is_line,
-                    error: None,
-                };
-                match record {
-                    Ok(r) => {
-                        batch.bytes.extend_from_slice(r.message);
-                        meta.end = batch.bytes.len();
-                        meta.stream = r.stream.map(|t| batch.text(1, &mut streams, t));
-                        meta.log_group = r.log_group.map(|t| batch.text(2, &mut groups, t));
-                        meta.cw_timestamp = r.cw_timestamp;
-                    }
-                    Err(e) => meta.error = Some(e),
-                }
-                batch.records.push(meta);
-                if batch.bytes.len() >= BATCH_BYTES || batch.records.len() >= 16_384 {
-                    let next = new_batch(batch.seq + 1);
-                    batch_tx
-                        .send(std::mem::replace(&mut batch, next))
-                        .map_err(|_| std::io::Error::other("the pipeline stopped"))?;
-                }
-                Ok(())
-            });
-            if !batch.records.is_empty() {
-                let _ = batch_tx.send(batch);
-            }
+            let result = plan.run_in_blocks(progress, &mut batcher);
+            batcher.finish();
             result
         });
         let mut next = 0u64;

@@ -351,12 +351,35 @@ impl Plan {
         progress: &Arc<AtomicU64>,
         sink: &mut RecordHandler<'_>,
     ) -> Result<(), InputError> {
+        self.run_units(progress, &mut Taker::Records(sink))
+    }
+
+    /// Reads every unit like [`Plan::run`], but hands the line framings of files and standard
+    /// input to `taker` as [`LineBlock`]s of whole lines, read straight into its buffers:
+    /// the reading thread then neither looks for each line's end nor copies it, and the
+    /// records are the same as [`Plan::run`]'s once [`frame_lines`] frames the blocks.
+    /// Everything else (documents, export trees, lines too long to keep) comes to
+    /// [`BlockTaker::record`], in input order with the blocks.
+    pub fn run_in_blocks(
+        &self,
+        progress: &Arc<AtomicU64>,
+        taker: &mut dyn BlockTaker,
+    ) -> Result<(), InputError> {
+        self.run_units(progress, &mut Taker::Blocks(taker))
+    }
+
+    fn run_units(
+        &self,
+        progress: &Arc<AtomicU64>,
+        taker: &mut Taker<'_, '_>,
+    ) -> Result<(), InputError> {
         for unit in &self.units {
             match unit {
                 Unit::File { path, format } => {
                     let name = path.display().to_string();
                     let (reader, head) = open_file(path, progress, self.inflate_ahead)?;
-                    read_framed(reader, &head, *format, &name, Origin::default(), sink)
+                    taker
+                        .read(reader, &head, *format, &name)
                         .map_err(|e| InputError::new(path, e))?;
                 }
                 Unit::Stdin => {
@@ -368,15 +391,207 @@ impl Plan {
                         FormatChoice::Fixed(f) => f,
                         FormatChoice::Auto => detect(&head),
                     };
-                    read_framed(reader, &head, format, "<stdin>", Origin::default(), sink)
+                    taker
+                        .read(reader, &head, format, "<stdin>")
                         .map_err(|e| InputError::new(stdin_path, e))?;
                 }
-                Unit::ExportTree { streams, .. } => {
-                    merge_streams(streams, progress, self.inflate_ahead, sink)?
-                }
+                Unit::ExportTree { streams, .. } => match taker {
+                    Taker::Records(sink) => {
+                        merge_streams(streams, progress, self.inflate_ahead, *sink)?
+                    }
+                    Taker::Blocks(t) => {
+                        merge_streams(streams, progress, self.inflate_ahead, &mut |r, loc| {
+                            t.record(r, loc)
+                        })?
+                    }
+                },
             }
         }
         Ok(())
+    }
+}
+
+/// Whole lines of a line-framed input, read as one block for a reader that frames them
+/// elsewhere ([`Plan::run_in_blocks`]).
+#[derive(Debug)]
+pub struct LineBlock<'a> {
+    /// The input's name.
+    pub name: &'a str,
+    /// Its framing (a line framing).
+    pub format: Format,
+    /// The number of the block's first line (1-based).
+    pub first_line: u64,
+    /// The buffer read into: the lines are `bytes[..len]`, each with its newline but an
+    /// input's last, and none longer than [`MAX_RECORD_BYTES`]; what follows is not input.
+    pub bytes: Vec<u8>,
+    /// Where the lines end in `bytes`.
+    pub len: usize,
+}
+
+/// What [`Plan::run_in_blocks`] hands its input to.
+pub trait BlockTaker {
+    /// A record (or framing error) of an input not read in blocks, or the error of a line too
+    /// long to keep. An error stops the run.
+    fn record(
+        &mut self,
+        record: Result<RawRecord<'_>, FramingError>,
+        loc: Location<'_>,
+    ) -> io::Result<()>;
+
+    /// Takes a block of whole lines. Returns the buffer to read the next block into: its
+    /// contents are overwritten, and its length is kept (a buffer that comes back as long as
+    /// it went out spares zeroing it again). An error stops the run.
+    fn block(&mut self, block: LineBlock<'_>) -> io::Result<Vec<u8>>;
+}
+
+/// Lines are read into [`LineBlock`]s of about this many bytes.
+pub const LINE_BLOCK_BYTES: usize = 1 << 20;
+
+/// Hands `sink` the records of `lines`, whole lines of a [`LineBlock`] whose first is number
+/// `first_line` of the input `name`: the same records, with the same locations, as
+/// [`Plan::run`] gives for them.
+pub fn frame_lines(
+    format: Format,
+    lines: &[u8],
+    name: &str,
+    first_line: u64,
+    sink: &mut RecordHandler<'_>,
+) -> io::Result<()> {
+    let mut rest = lines;
+    let mut index = first_line;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+        let loc = Location {
+            name,
+            index,
+            is_line: true,
+        };
+        frame_line(format, &rest[..end], Origin::default(), loc, sink)?;
+        rest = &rest[end..];
+        index += 1;
+    }
+    Ok(())
+}
+
+/// Who takes what [`Plan::run_units`] reads.
+enum Taker<'t, 'h> {
+    Records(&'t mut RecordHandler<'h>),
+    Blocks(&'t mut dyn BlockTaker),
+}
+
+impl Taker<'_, '_> {
+    /// Reads one input of a file or standard input.
+    fn read(
+        &mut self,
+        mut reader: Box<dyn BufRead>,
+        head: &[u8],
+        format: Format,
+        name: &str,
+    ) -> io::Result<()> {
+        match self {
+            Taker::Blocks(t) if format.is_line_based(head) => {
+                read_blocks(reader.as_mut(), format, name, *t, LINE_BLOCK_BYTES)
+            }
+            Taker::Blocks(t) => read_framed(
+                reader,
+                head,
+                format,
+                name,
+                Origin::default(),
+                &mut |r, loc| t.record(r, loc),
+            ),
+            Taker::Records(sink) => {
+                read_framed(reader, head, format, name, Origin::default(), *sink)
+            }
+        }
+    }
+}
+
+/// Reads a line framing in blocks of whole lines (see [`Plan::run_in_blocks`]): at most
+/// `block_bytes` (no more than [`MAX_RECORD_BYTES`]) are read a round, after the last
+/// round's partial line. A line longer than [`MAX_RECORD_BYTES`] is not kept: its error goes
+/// to [`BlockTaker::record`] in its place, with the length `read_framed` reports.
+fn read_blocks(
+    reader: &mut dyn BufRead,
+    format: Format,
+    name: &str,
+    taker: &mut dyn BlockTaker,
+    block_bytes: usize,
+) -> io::Result<()> {
+    debug_assert!(block_bytes > 0 && block_bytes <= MAX_RECORD_BYTES);
+    let mut buf = Vec::new();
+    // Input in `buf[..filled]`; at the top of a round, the start of a line (no newline).
+    let mut filled = 0;
+    let mut first_line = 1u64;
+    let mut tail = Vec::new();
+    loop {
+        let mut carried = filled;
+        let want = carried + block_bytes;
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let mut eof = false;
+        while filled < want {
+            match reader.read(&mut buf[filled..want]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Only the line carried over can have grown past the limit: every other line is in
+        // this round's bytes, at most `block_bytes`.
+        if carried > 0 {
+            let first_end = memchr::memchr(b'\n', &buf[carried..filled]).map(|i| carried + i + 1);
+            let seen = first_end.unwrap_or(filled);
+            if seen > MAX_RECORD_BYTES {
+                let len = match first_end {
+                    Some(end) => end,
+                    None if eof => filled,
+                    None => filled + read_line_bounded(reader, &mut Vec::new(), 0)?,
+                };
+                let loc = Location {
+                    name,
+                    index: first_line,
+                    is_line: true,
+                };
+                taker.record(Err(FramingError::TooLong(len)), loc)?;
+                first_line += 1;
+                buf.copy_within(seen..filled, 0);
+                filled -= seen;
+                carried = 0;
+            }
+        }
+        let end = if eof {
+            filled
+        } else {
+            memchr::memrchr(b'\n', &buf[carried..filled]).map_or(0, |i| carried + i + 1)
+        };
+        if end > 0 {
+            let lines = memchr::memchr_iter(b'\n', &buf[..end]).count() as u64
+                + u64::from(buf[end - 1] != b'\n');
+            tail.clear();
+            tail.extend_from_slice(&buf[end..filled]);
+            buf = taker.block(LineBlock {
+                name,
+                format,
+                first_line,
+                bytes: buf,
+                len: end,
+            })?;
+            first_line += lines;
+            if buf.len() < tail.len() {
+                buf.resize(tail.len(), 0);
+            }
+            buf[..tail.len()].copy_from_slice(&tail);
+            filled = tail.len();
+        }
+        if eof {
+            return Ok(());
+        }
     }
 }
 
@@ -773,6 +988,117 @@ pub(crate) mod tests {
                 framed(&input, Format::Jsonl, capacity) == want,
                 "capacity {capacity}"
             );
+            for block in [7, 1000, 300_001, LINE_BLOCK_BYTES] {
+                assert!(
+                    in_blocks(&input, Format::Jsonl, capacity, block) == want,
+                    "capacity {capacity}, block {block}"
+                );
+            }
+        }
+    }
+
+    /// Every record of `input` read in blocks of `block` bytes and framed by
+    /// [`frame_lines`], as [`framed`] gives them.
+    fn in_blocks(
+        input: &[u8],
+        format: Format,
+        capacity: usize,
+        block: usize,
+    ) -> Vec<(u64, Result<Vec<u8>, String>)> {
+        /// Frames each block as it comes, and checks what a block promises.
+        struct Framer {
+            got: Vec<(u64, Result<Vec<u8>, String>)>,
+            block: usize,
+        }
+        impl Framer {
+            fn push(&mut self, r: Result<RawRecord<'_>, FramingError>, loc: Location<'_>) {
+                self.got.push((
+                    loc.index,
+                    r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
+                ));
+            }
+        }
+        impl BlockTaker for Framer {
+            fn record(
+                &mut self,
+                r: Result<RawRecord<'_>, FramingError>,
+                loc: Location<'_>,
+            ) -> io::Result<()> {
+                assert!(
+                    matches!(r, Err(FramingError::TooLong(_))),
+                    "only long lines"
+                );
+                self.push(r, loc);
+                Ok(())
+            }
+            fn block(&mut self, b: LineBlock<'_>) -> io::Result<Vec<u8>> {
+                assert!(b.len > 0 && b.len <= b.bytes.len());
+                let mut got = Vec::new();
+                frame_lines(
+                    b.format,
+                    &b.bytes[..b.len],
+                    b.name,
+                    b.first_line,
+                    &mut |r, loc| {
+                        got.push((
+                            loc.index,
+                            r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
+                        ));
+                        Ok(())
+                    },
+                )?;
+                self.got.extend(got);
+                // Hand back a buffer of another length now and then: its old bytes must not
+                // show.
+                let mut next = b.bytes;
+                next.fill(b'#');
+                next.truncate(self.block / 2);
+                Ok(next)
+            }
+        }
+        let mut reader = io::BufReader::with_capacity(capacity, Cursor::new(input.to_vec()));
+        let mut taker = Framer {
+            got: Vec::new(),
+            block,
+        };
+        read_blocks(&mut reader, format, "t", &mut taker, block).unwrap();
+        taker.got
+    }
+
+    #[test]
+    fn lines_at_the_record_limit_are_judged_alike_in_blocks_and_lines() {
+        // A line of exactly the limit (newline included) is kept, one byte more is not; the
+        // same for a last line without its newline.
+        for last in [MAX_RECORD_BYTES, MAX_RECORD_BYTES + 1] {
+            let mut input = b"{\"a\":1}\n".to_vec();
+            input.extend(std::iter::repeat_n(b'x', MAX_RECORD_BYTES - 1));
+            input.push(b'\n');
+            input.extend(std::iter::repeat_n(b'y', MAX_RECORD_BYTES));
+            input.push(b'\n');
+            input.extend_from_slice(b"{\"b\":2}\n");
+            input.extend(std::iter::repeat_n(b'z', last));
+            let want = framed(&input, Format::Jsonl, 256 * 1024);
+            let too_long = Err(FramingError::TooLong(MAX_RECORD_BYTES + 1).to_string());
+            let long: Vec<_> = want
+                .iter()
+                .filter(|(_, r)| *r == too_long)
+                .map(|(n, _)| *n)
+                .collect();
+            assert_eq!(
+                long,
+                if last > MAX_RECORD_BYTES {
+                    vec![3, 5]
+                } else {
+                    vec![3]
+                }
+            );
+            assert_eq!(want.len(), 5);
+            for block in [1000, LINE_BLOCK_BYTES] {
+                assert!(
+                    in_blocks(&input, Format::Jsonl, 256 * 1024, block) == want,
+                    "last line {last}, block {block}"
+                );
+            }
         }
     }
 
