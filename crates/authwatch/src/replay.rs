@@ -18,7 +18,7 @@ use authwatch_event::RawRecord;
 use crate::pipeline::{Outcome, Pipeline, Seen};
 use crate::sinks::AlertSink;
 use crate::sources::files::{
-    frame_lines, plan, BlockTaker, FormatChoice, InputError, LineBlock, Location, Plan,
+    frame_lines, plan, BlockTaker, FormatChoice, InputError, LineBlock, LineBuffers, Location, Plan,
 };
 use crate::summary::Summary;
 use crate::telemetry::cloudwatch_metrics::{MetricsConfig, MetricsPublisher, UNKNOWN_CLUSTER};
@@ -192,12 +192,12 @@ struct RecordMeta {
     error: Option<FramingError>,
 }
 
-/// Records copied out of the reader's buffers, or a block of whole lines read into `bytes`,
+/// Records copied out of the reader's buffers, or a block of whole lines read into its buffers,
 /// to be decoded on a worker thread.
 struct Batch {
     seq: u64,
-    /// The records' bytes, or the block's buffer: its lines are `bytes[..lines.len]`.
-    bytes: Vec<u8>,
+    /// The records' bytes, or a block's lines (`lines` is set) and where they end.
+    buffers: LineBuffers,
     records: Vec<RecordMeta>,
     /// Set when the batch is a [`LineBlock`]: its lines are framed on the worker.
     lines: Option<Lines>,
@@ -213,7 +213,10 @@ impl Batch {
     fn new(seq: u64) -> Batch {
         Batch {
             seq,
-            bytes: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
+            buffers: LineBuffers {
+                bytes: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
+                ends: Vec::new(),
+            },
             records: Vec::with_capacity(4096),
             lines: None,
             texts: Vec::new(),
@@ -221,9 +224,9 @@ impl Batch {
         }
     }
 
-    /// Empties it for reuse, keeping its buffers. `bytes` keeps its length too: a block read
-    /// into it overwrites it without zeroing it first (see [`BlockTaker::block`]); records
-    /// empty it before the first is copied in.
+    /// Empties it for reuse, keeping its buffers. Its bytes keep their length too: a block
+    /// read into them overwrites them without zeroing them first (see
+    /// [`BlockTaker::block`]); records empty them before the first is copied in.
     fn clear(&mut self) {
         self.records.clear();
         self.lines = None;
@@ -247,13 +250,12 @@ impl Batch {
     }
 }
 
-/// What a [`Batch`] of whole lines holds besides its bytes.
+/// What a [`Batch`] of whole lines holds besides its buffers.
 struct Lines {
     format: Format,
     /// Index in the batch's `texts`.
     name: u32,
     first_line: u64,
-    len: usize,
 }
 
 /// A batch is handed to the workers at about this size.
@@ -315,12 +317,12 @@ impl BlockTaker for Batcher {
     ) -> std::io::Result<()> {
         let batch = &mut self.batch;
         if batch.records.is_empty() {
-            batch.bytes.clear();
+            batch.buffers.bytes.clear();
         }
         let name = batch.text(0, &mut self.names, loc.name);
         let mut meta = RecordMeta {
-            start: batch.bytes.len(),
-            end: batch.bytes.len(),
+            start: batch.buffers.bytes.len(),
+            end: batch.buffers.bytes.len(),
             stream: None,
             log_group: None,
             cw_timestamp: None,
@@ -331,8 +333,8 @@ impl BlockTaker for Batcher {
         };
         match record {
             Ok(r) => {
-                batch.bytes.extend_from_slice(r.message);
-                meta.end = batch.bytes.len();
+                batch.buffers.bytes.extend_from_slice(r.message);
+                meta.end = batch.buffers.bytes.len();
                 meta.stream = r.stream.map(|t| batch.text(1, &mut self.streams, t));
                 meta.log_group = r.log_group.map(|t| batch.text(2, &mut self.groups, t));
                 meta.cw_timestamp = r.cw_timestamp;
@@ -340,13 +342,13 @@ impl BlockTaker for Batcher {
             Err(e) => meta.error = Some(e),
         }
         batch.records.push(meta);
-        if batch.bytes.len() >= BATCH_BYTES || batch.records.len() >= 16_384 {
+        if batch.buffers.bytes.len() >= BATCH_BYTES || batch.records.len() >= 16_384 {
             self.send()?;
         }
         Ok(())
     }
 
-    fn block(&mut self, block: LineBlock<'_>) -> std::io::Result<Vec<u8>> {
+    fn block(&mut self, block: LineBlock<'_>) -> std::io::Result<LineBuffers> {
         // Batches keep input order: records before the block go first.
         if !self.batch.records.is_empty() {
             self.send()?;
@@ -356,12 +358,11 @@ impl BlockTaker for Batcher {
             format: block.format,
             name,
             first_line: block.first_line,
-            len: block.len,
         });
-        let spare = std::mem::replace(&mut self.batch.bytes, block.bytes);
+        let spare = std::mem::replace(&mut self.batch.buffers, block.buffers);
         self.send()?;
-        // The next block is read into the buffer of the batch that will carry it.
-        Ok(std::mem::replace(&mut self.batch.bytes, spare))
+        // The next block is read into the buffers of the batch that will carry it.
+        Ok(std::mem::replace(&mut self.batch.buffers, spare))
     }
 }
 
@@ -414,7 +415,7 @@ pub(crate) fn run_parallel<X: Send>(
                     // The sink never fails, so neither does the framing.
                     let _ = frame_lines(
                         l.format,
-                        &batch.bytes[..l.len],
+                        &batch.buffers,
                         &batch.texts[l.name as usize],
                         l.first_line,
                         &mut |record, loc| {
@@ -432,7 +433,7 @@ pub(crate) fn run_parallel<X: Send>(
                     let record = match &m.error {
                         Some(e) => Err(e.clone()),
                         None => Ok(RawRecord {
-                            message: &batch.bytes[m.start..m.end],
+                            message: &batch.buffers.bytes[m.start..m.end],
                             stream: m.stream.map(|i| &*batch.texts[i as usize]),
                             log_group: m.log_group.map(|i| &*batch.texts[i as usize]),
                             cw_timestamp: m.cw_timestamp,

@@ -421,11 +421,19 @@ pub struct LineBlock<'a> {
     pub format: Format,
     /// The number of the block's first line (1-based).
     pub first_line: u64,
-    /// The buffer read into: the lines are `bytes[..len]`, each with its newline but an
-    /// input's last, and none longer than [`MAX_RECORD_BYTES`]; what follows is not input.
+    /// The lines and where they end.
+    pub buffers: LineBuffers,
+}
+
+/// The buffers of a [`LineBlock`], handed back and forth so that neither is allocated again.
+#[derive(Debug, Default)]
+pub struct LineBuffers {
+    /// The buffer read into: the lines are `bytes[..ends.last()]`, each with its newline but
+    /// an input's last, and none longer than [`MAX_RECORD_BYTES`]; what follows is not input.
     pub bytes: Vec<u8>,
-    /// Where the lines end in `bytes`.
-    pub len: usize,
+    /// Where each line ends in `bytes` (one past its newline). Offsets are below 4 GiB: a
+    /// block holds at most [`MAX_RECORD_BYTES`] and [`LINE_BLOCK_BYTES`] more.
+    pub ends: Vec<u32>,
 }
 
 /// What [`Plan::run_in_blocks`] hands its input to.
@@ -438,37 +446,41 @@ pub trait BlockTaker {
         loc: Location<'_>,
     ) -> io::Result<()>;
 
-    /// Takes a block of whole lines. Returns the buffer to read the next block into: its
-    /// contents are overwritten, and its length is kept (a buffer that comes back as long as
-    /// it went out spares zeroing it again). An error stops the run.
-    fn block(&mut self, block: LineBlock<'_>) -> io::Result<Vec<u8>>;
+    /// Takes a block of whole lines. Returns the buffers to read the next block into: their
+    /// contents are overwritten, and the length of `bytes` is kept (a buffer that comes back
+    /// as long as it went out spares zeroing it again). An error stops the run.
+    fn block(&mut self, block: LineBlock<'_>) -> io::Result<LineBuffers>;
 }
 
 /// Lines are read into [`LineBlock`]s of about this many bytes.
 pub const LINE_BLOCK_BYTES: usize = 1 << 20;
 
-/// Hands `sink` the records of `lines`, whole lines of a [`LineBlock`] whose first is number
-/// `first_line` of the input `name`: the same records, with the same locations, as
-/// [`Plan::run`] gives for them.
+/// Hands `sink` the records of a [`LineBlock`]'s lines (`bytes` up to the last of `ends`),
+/// the first of which is number `first_line` of the input `name`: the same records, with the
+/// same locations, as [`Plan::run`] gives for them.
 pub fn frame_lines(
     format: Format,
-    lines: &[u8],
+    lines: &LineBuffers,
     name: &str,
     first_line: u64,
     sink: &mut RecordHandler<'_>,
 ) -> io::Result<()> {
-    let mut rest = lines;
-    let mut index = first_line;
-    while !rest.is_empty() {
-        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+    let mut start = 0;
+    for (index, &end) in (first_line..).zip(&lines.ends) {
+        let end = end as usize;
         let loc = Location {
             name,
             index,
             is_line: true,
         };
-        frame_line(format, &rest[..end], Origin::default(), loc, sink)?;
-        rest = &rest[end..];
-        index += 1;
+        frame_line(
+            format,
+            &lines.bytes[start..end],
+            Origin::default(),
+            loc,
+            sink,
+        )?;
+        start = end;
     }
     Ok(())
 }
@@ -519,7 +531,10 @@ fn read_blocks(
     block_bytes: usize,
 ) -> io::Result<()> {
     debug_assert!(block_bytes > 0 && block_bytes <= MAX_RECORD_BYTES);
-    let mut buf = Vec::new();
+    let LineBuffers {
+        bytes: mut buf,
+        mut ends,
+    } = LineBuffers::default();
     // Input in `buf[..filled]`; at the top of a round, the start of a line (no newline).
     let mut filled = 0;
     let mut first_line = 1u64;
@@ -571,16 +586,21 @@ fn read_blocks(
             memchr::memrchr(b'\n', &buf[carried..filled]).map_or(0, |i| carried + i + 1)
         };
         if end > 0 {
-            let lines = memchr::memchr_iter(b'\n', &buf[..end]).count() as u64
-                + u64::from(buf[end - 1] != b'\n');
+            // Every line's end is found here, once: the framing then needs no search. Offsets
+            // fit in u32 (see `LineBuffers::ends`).
+            ends.clear();
+            ends.extend(memchr::memchr_iter(b'\n', &buf[..end]).map(|i| (i + 1) as u32));
+            if buf[end - 1] != b'\n' {
+                ends.push(end as u32);
+            }
+            let lines = ends.len() as u64;
             tail.clear();
             tail.extend_from_slice(&buf[end..filled]);
-            buf = taker.block(LineBlock {
+            LineBuffers { bytes: buf, ends } = taker.block(LineBlock {
                 name,
                 format,
                 first_line,
-                bytes: buf,
-                len: end,
+                buffers: LineBuffers { bytes: buf, ends },
             })?;
             first_line += lines;
             if buf.len() < tail.len() {
@@ -1031,28 +1051,25 @@ pub(crate) mod tests {
                 self.push(r, loc);
                 Ok(())
             }
-            fn block(&mut self, b: LineBlock<'_>) -> io::Result<Vec<u8>> {
-                assert!(b.len > 0 && b.len <= b.bytes.len());
+            fn block(&mut self, b: LineBlock<'_>) -> io::Result<LineBuffers> {
+                let ends = &b.buffers.ends;
+                assert!(!ends.is_empty() && ends.windows(2).all(|w| w[0] < w[1]));
+                assert!(*ends.last().unwrap() as usize <= b.buffers.bytes.len());
                 let mut got = Vec::new();
-                frame_lines(
-                    b.format,
-                    &b.bytes[..b.len],
-                    b.name,
-                    b.first_line,
-                    &mut |r, loc| {
-                        got.push((
-                            loc.index,
-                            r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
-                        ));
-                        Ok(())
-                    },
-                )?;
+                frame_lines(b.format, &b.buffers, b.name, b.first_line, &mut |r, loc| {
+                    got.push((
+                        loc.index,
+                        r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
+                    ));
+                    Ok(())
+                })?;
                 self.got.extend(got);
-                // Hand back a buffer of another length now and then: its old bytes must not
-                // show.
-                let mut next = b.bytes;
-                next.fill(b'#');
-                next.truncate(self.block / 2);
+                // Hand back buffers of other lengths and contents now and then: their old
+                // bytes and ends must not show.
+                let mut next = b.buffers;
+                next.bytes.fill(b'#');
+                next.bytes.truncate(self.block / 2);
+                next.ends.push(7);
                 Ok(next)
             }
         }
