@@ -1082,6 +1082,24 @@ pub(crate) mod tests {
         taker.got
     }
 
+    proptest::proptest! {
+        /// Any bytes, any block size, any reader buffer: the blocks give the records (and
+        /// errors, at the same line numbers) that reading line by line gives.
+        #[test]
+        fn any_input_read_in_blocks_gives_the_records_read_line_by_line(
+            input in proptest::collection::vec(
+                proptest::sample::select(b"ab{}\":, \r\n\n\n\t\x00\xff".to_vec()),
+                0..6000,
+            ),
+            format in proptest::sample::select(vec![Format::Jsonl, Format::CwExport, Format::Subscription]),
+            capacity in proptest::sample::select(vec![7usize, 64, 1000, 256 * 1024]),
+            block in 1usize..3000,
+        ) {
+            let want = framed(&input, format, capacity);
+            proptest::prop_assert_eq!(in_blocks(&input, format, capacity, block), want);
+        }
+    }
+
     #[test]
     fn lines_at_the_record_limit_are_judged_alike_in_blocks_and_lines() {
         // A line of exactly the limit (newline included) is kept, one byte more is not; the
