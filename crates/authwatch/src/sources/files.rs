@@ -546,6 +546,9 @@ fn read_blocks(
             buf.resize(want, 0);
         }
         let mut eof = false;
+        // A read that fails ends the input after the whole lines read before it, which are
+        // handed on first, as `read_framed` does.
+        let mut failed = None;
         while filled < want {
             match reader.read(&mut buf[filled..want]) {
                 Ok(0) => {
@@ -554,7 +557,10 @@ fn read_blocks(
                 }
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
         // Only the line carried over can have grown past the limit: every other line is in
@@ -565,8 +571,12 @@ fn read_blocks(
             if seen > MAX_RECORD_BYTES {
                 let len = match first_end {
                     Some(end) => end,
-                    None if eof => filled,
-                    None => filled + read_line_bounded(reader, &mut Vec::new(), 0)?,
+                    None => match failed.take() {
+                        // Cut short by the failure: no line to judge, as in `read_framed`.
+                        Some(e) => return Err(e),
+                        None if eof => filled,
+                        None => filled + read_line_bounded(reader, &mut Vec::new(), 0)?,
+                    },
                 };
                 let loc = Location {
                     name,
@@ -608,6 +618,9 @@ fn read_blocks(
             }
             buf[..tail.len()].copy_from_slice(&tail);
             filled = tail.len();
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         if eof {
             return Ok(());
@@ -1017,6 +1030,55 @@ pub(crate) mod tests {
         }
     }
 
+    /// Frames each block as it comes, and checks what a block promises.
+    struct Framer {
+        got: Vec<(u64, Result<Vec<u8>, String>)>,
+        block: usize,
+    }
+    impl Framer {
+        fn push(&mut self, r: Result<RawRecord<'_>, FramingError>, loc: Location<'_>) {
+            self.got.push((
+                loc.index,
+                r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
+            ));
+        }
+    }
+    impl BlockTaker for Framer {
+        fn record(
+            &mut self,
+            r: Result<RawRecord<'_>, FramingError>,
+            loc: Location<'_>,
+        ) -> io::Result<()> {
+            assert!(
+                matches!(r, Err(FramingError::TooLong(_))),
+                "only long lines"
+            );
+            self.push(r, loc);
+            Ok(())
+        }
+        fn block(&mut self, b: LineBlock<'_>) -> io::Result<LineBuffers> {
+            let ends = &b.buffers.ends;
+            assert!(!ends.is_empty() && ends.windows(2).all(|w| w[0] < w[1]));
+            assert!(*ends.last().unwrap() as usize <= b.buffers.bytes.len());
+            let mut got = Vec::new();
+            frame_lines(b.format, &b.buffers, b.name, b.first_line, &mut |r, loc| {
+                got.push((
+                    loc.index,
+                    r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
+                ));
+                Ok(())
+            })?;
+            self.got.extend(got);
+            // Hand back buffers of other lengths and contents now and then: their old
+            // bytes and ends must not show.
+            let mut next = b.buffers;
+            next.bytes.fill(b'#');
+            next.bytes.truncate(self.block / 2);
+            next.ends.push(7);
+            Ok(next)
+        }
+    }
+
     /// Every record of `input` read in blocks of `block` bytes and framed by
     /// [`frame_lines`], as [`framed`] gives them.
     fn in_blocks(
@@ -1025,54 +1087,6 @@ pub(crate) mod tests {
         capacity: usize,
         block: usize,
     ) -> Vec<(u64, Result<Vec<u8>, String>)> {
-        /// Frames each block as it comes, and checks what a block promises.
-        struct Framer {
-            got: Vec<(u64, Result<Vec<u8>, String>)>,
-            block: usize,
-        }
-        impl Framer {
-            fn push(&mut self, r: Result<RawRecord<'_>, FramingError>, loc: Location<'_>) {
-                self.got.push((
-                    loc.index,
-                    r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
-                ));
-            }
-        }
-        impl BlockTaker for Framer {
-            fn record(
-                &mut self,
-                r: Result<RawRecord<'_>, FramingError>,
-                loc: Location<'_>,
-            ) -> io::Result<()> {
-                assert!(
-                    matches!(r, Err(FramingError::TooLong(_))),
-                    "only long lines"
-                );
-                self.push(r, loc);
-                Ok(())
-            }
-            fn block(&mut self, b: LineBlock<'_>) -> io::Result<LineBuffers> {
-                let ends = &b.buffers.ends;
-                assert!(!ends.is_empty() && ends.windows(2).all(|w| w[0] < w[1]));
-                assert!(*ends.last().unwrap() as usize <= b.buffers.bytes.len());
-                let mut got = Vec::new();
-                frame_lines(b.format, &b.buffers, b.name, b.first_line, &mut |r, loc| {
-                    got.push((
-                        loc.index,
-                        r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
-                    ));
-                    Ok(())
-                })?;
-                self.got.extend(got);
-                // Hand back buffers of other lengths and contents now and then: their old
-                // bytes and ends must not show.
-                let mut next = b.buffers;
-                next.bytes.fill(b'#');
-                next.bytes.truncate(self.block / 2);
-                next.ends.push(7);
-                Ok(next)
-            }
-        }
         let mut reader = io::BufReader::with_capacity(capacity, Cursor::new(input.to_vec()));
         let mut taker = Framer {
             got: Vec::new(),
@@ -1097,6 +1111,60 @@ pub(crate) mod tests {
         ) {
             let want = framed(&input, format, capacity);
             proptest::prop_assert_eq!(in_blocks(&input, format, capacity, block), want);
+        }
+    }
+
+    #[test]
+    fn an_input_that_fails_keeps_every_whole_line_read_before_the_failure() {
+        /// Gives its bytes 5,000 at a time, then fails.
+        struct Failing(Cursor<Vec<u8>>);
+        impl Read for Failing {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let n = out.len().min(5000);
+                match self.0.read(&mut out[..n])? {
+                    0 => Err(io::Error::other("the disk went away")),
+                    n => Ok(n),
+                }
+            }
+        }
+        let mut input = Vec::new();
+        for i in 0..3000 {
+            writeln!(input, "{{\"auditID\":\"{i}\"}}").unwrap();
+        }
+        // A last line cut short by the failure.
+        input.extend_from_slice(b"{\"auditID\":\"cut");
+        let failing = || Failing(Cursor::new(input.clone()));
+        let mut want = Vec::new();
+        let err = read_framed(
+            Box::new(io::BufReader::with_capacity(1000, failing())),
+            b"",
+            Format::Jsonl,
+            "t",
+            Origin::default(),
+            &mut |r, loc| {
+                want.push((
+                    loc.index,
+                    r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
+                ));
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "the disk went away");
+        assert_eq!(want.len(), 3000);
+        for block in [1000, LINE_BLOCK_BYTES] {
+            let mut taker = Framer {
+                got: Vec::new(),
+                block,
+            };
+            let mut reader = io::BufReader::with_capacity(1000, failing());
+            let err = read_blocks(&mut reader, Format::Jsonl, "t", &mut taker, block).unwrap_err();
+            assert_eq!(err.to_string(), "the disk went away");
+            assert!(
+                taker.got == want,
+                "block {block}: {} records",
+                taker.got.len()
+            );
         }
     }
 
