@@ -395,16 +395,8 @@ impl Plan {
                         .read(reader, &head, format, "<stdin>")
                         .map_err(|e| InputError::new(stdin_path, e))?;
                 }
-                Unit::ExportTree { streams, .. } => match taker {
-                    Taker::Records(sink) => {
-                        merge_streams(streams, progress, self.inflate_ahead, *sink)?
-                    }
-                    Taker::Blocks(t) => {
-                        merge_streams(streams, progress, self.inflate_ahead, &mut |r, loc| {
-                            t.record(r, loc)
-                        })?
-                    }
-                },
+                Unit::ExportTree { streams, .. } => taker
+                    .records(|sink| merge_streams(streams, progress, self.inflate_ahead, sink))?,
             }
         }
         Ok(())
@@ -500,21 +492,20 @@ impl Taker<'_, '_> {
         format: Format,
         name: &str,
     ) -> io::Result<()> {
+        if let Taker::Blocks(t) = self {
+            if format.is_line_based(head) {
+                return read_blocks(reader.as_mut(), format, name, *t, LINE_BLOCK_BYTES);
+            }
+        }
+        self.records(|sink| read_framed(reader, head, format, name, Origin::default(), sink))
+    }
+
+    /// Runs `f` with a handler of records: the caller's own, or the block taker's
+    /// [`BlockTaker::record`].
+    fn records<T>(&mut self, f: impl FnOnce(&mut RecordHandler<'_>) -> T) -> T {
         match self {
-            Taker::Blocks(t) if format.is_line_based(head) => {
-                read_blocks(reader.as_mut(), format, name, *t, LINE_BLOCK_BYTES)
-            }
-            Taker::Blocks(t) => read_framed(
-                reader,
-                head,
-                format,
-                name,
-                Origin::default(),
-                &mut |r, loc| t.record(r, loc),
-            ),
-            Taker::Records(sink) => {
-                read_framed(reader, head, format, name, Origin::default(), *sink)
-            }
+            Taker::Records(sink) => f(&mut **sink),
+            Taker::Blocks(t) => f(&mut |r, loc| t.record(r, loc)),
         }
     }
 }
@@ -957,32 +948,38 @@ pub(crate) mod tests {
         e.finish().unwrap()
     }
 
-    /// Every record `read_framed` hands on, as (line, bytes or error).
-    fn framed(
-        input: &[u8],
-        format: Format,
-        capacity: usize,
-    ) -> Vec<(u64, Result<Vec<u8>, String>)> {
-        let reader = Box::new(io::BufReader::with_capacity(
-            capacity,
-            Cursor::new(input.to_vec()),
-        ));
+    /// A record as the tests compare them: its line, and its bytes or its error.
+    type Entry = (u64, Result<Vec<u8>, String>);
+
+    fn entry(r: Result<RawRecord<'_>, FramingError>, loc: Location<'_>) -> Entry {
+        (
+            loc.index,
+            r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
+        )
+    }
+
+    /// Every record `read_framed` hands on from `reader`, and how it ended.
+    fn framed_from(reader: Box<dyn BufRead>, format: Format) -> (Vec<Entry>, io::Result<()>) {
         let mut got = Vec::new();
-        read_framed(
+        let result = read_framed(
             reader,
             b"",
             format,
             "t",
             Origin::default(),
             &mut |r, loc| {
-                got.push((
-                    loc.index,
-                    r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
-                ));
+                got.push(entry(r, loc));
                 Ok(())
             },
-        )
-        .unwrap();
+        );
+        (got, result)
+    }
+
+    /// Every record `read_framed` hands on, as (line, bytes or error).
+    fn framed(input: &[u8], format: Format, capacity: usize) -> Vec<Entry> {
+        let reader = io::BufReader::with_capacity(capacity, Cursor::new(input.to_vec()));
+        let (got, result) = framed_from(Box::new(reader), format);
+        result.unwrap();
         got
     }
 
@@ -1032,16 +1029,8 @@ pub(crate) mod tests {
 
     /// Frames each block as it comes, and checks what a block promises.
     struct Framer {
-        got: Vec<(u64, Result<Vec<u8>, String>)>,
+        got: Vec<Entry>,
         block: usize,
-    }
-    impl Framer {
-        fn push(&mut self, r: Result<RawRecord<'_>, FramingError>, loc: Location<'_>) {
-            self.got.push((
-                loc.index,
-                r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
-            ));
-        }
     }
     impl BlockTaker for Framer {
         fn record(
@@ -1053,22 +1042,17 @@ pub(crate) mod tests {
                 matches!(r, Err(FramingError::TooLong(_))),
                 "only long lines"
             );
-            self.push(r, loc);
+            self.got.push(entry(r, loc));
             Ok(())
         }
         fn block(&mut self, b: LineBlock<'_>) -> io::Result<LineBuffers> {
             let ends = &b.buffers.ends;
             assert!(!ends.is_empty() && ends.windows(2).all(|w| w[0] < w[1]));
             assert!(*ends.last().unwrap() as usize <= b.buffers.bytes.len());
-            let mut got = Vec::new();
             frame_lines(b.format, &b.buffers, b.name, b.first_line, &mut |r, loc| {
-                got.push((
-                    loc.index,
-                    r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
-                ));
+                self.got.push(entry(r, loc));
                 Ok(())
             })?;
-            self.got.extend(got);
             // Hand back buffers of other lengths and contents now and then: their old
             // bytes and ends must not show.
             let mut next = b.buffers;
@@ -1081,12 +1065,7 @@ pub(crate) mod tests {
 
     /// Every record of `input` read in blocks of `block` bytes and framed by
     /// [`frame_lines`], as [`framed`] gives them.
-    fn in_blocks(
-        input: &[u8],
-        format: Format,
-        capacity: usize,
-        block: usize,
-    ) -> Vec<(u64, Result<Vec<u8>, String>)> {
+    fn in_blocks(input: &[u8], format: Format, capacity: usize, block: usize) -> Vec<Entry> {
         let mut reader = io::BufReader::with_capacity(capacity, Cursor::new(input.to_vec()));
         let mut taker = Framer {
             got: Vec::new(),
@@ -1134,22 +1113,11 @@ pub(crate) mod tests {
         // A last line cut short by the failure.
         input.extend_from_slice(b"{\"auditID\":\"cut");
         let failing = || Failing(Cursor::new(input.clone()));
-        let mut want = Vec::new();
-        let err = read_framed(
+        let (want, result) = framed_from(
             Box::new(io::BufReader::with_capacity(1000, failing())),
-            b"",
             Format::Jsonl,
-            "t",
-            Origin::default(),
-            &mut |r, loc| {
-                want.push((
-                    loc.index,
-                    r.map(|r| r.message.to_vec()).map_err(|e| e.to_string()),
-                ));
-                Ok(())
-            },
-        )
-        .unwrap_err();
+        );
+        let err = result.unwrap_err();
         assert_eq!(err.to_string(), "the disk went away");
         assert_eq!(want.len(), 3000);
         for block in [1000, LINE_BLOCK_BYTES] {
