@@ -14,7 +14,9 @@
 # times faster authwatch is).
 #
 # Needs cargo, python3 (DuckDB is installed from PyPI into bench-data/.venv), jq, gzip and
-# GNU time (/usr/bin/time). Data goes to bench-data/ (git-ignored).
+# GNU time (/usr/bin/time). Data goes to bench-data/ (git-ignored). authwatch is built with
+# FEATURES (default `isal`, as in the container image: gzip inflated by ISA-L, which needs nasm
+# and the autotools); FEATURES= builds it without (flate2 on zlib-rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2000000}
@@ -27,8 +29,9 @@ for tool in jq gzip /usr/bin/time python3; do
   command -v "$tool" >/dev/null || { echo "compare.sh: $tool is required" >&2; exit 1; }
 done
 
-echo "== building authwatch (release)" >&2
-cargo build --release --quiet -p authwatch
+FEATURES=${FEATURES-isal}
+echo "== building authwatch (release, features: ${FEATURES:-none})" >&2
+cargo build --release --quiet -p authwatch ${FEATURES:+--features "$FEATURES"}
 
 if [ ! -s "$DATA/events.jsonl" ]; then
   echo "== generating $N events" >&2

@@ -10,13 +10,17 @@
 //!   zlib-rs and Cargo unifies one flate2 per build.
 //! - `libdeflate`: `libdeflater`, whole buffer only (the output is sized from the gzip trailer;
 //!   one member): no streaming, so only for bounded payloads.
+//! - `ISA-L`: with `--features isal`, authwatch's own reader over Intel's ISA-L
+//!   (`sources::igzip::IgzipDecoder`) over the compressed bytes in memory, like flate2's row;
+//!   `open_decoded` then uses it too.
 //! - `zcat`: `zcat FILE > /dev/null`, the floor.
 //!
 //! Payloads: the first file's content cut at line ends into pieces that compress (level 6) to
 //! about 50 KB each, like Kinesis records; each backend returns a `Vec` per payload, flate2's
 //! row being `framing::gunzip_bounded` itself.
 //!
-//! Run: `cargo bench -p authwatch-benches --bench inflate -- FILE.gz... [--reps N]`, e.g. on
+//! Run: `cargo bench -p authwatch-benches --bench inflate [--features isal] -- FILE.gz...
+//! [--reps N]`, e.g. on
 //! `authwatch generate` output compressed with `gzip -1` and `gzip -6`. Measures only; nothing
 //! is asserted about speed (outputs are checked to agree).
 
@@ -40,6 +44,19 @@ fn flate2_stream(gz: &[u8], buf: &mut [u8]) -> u64 {
                 std::hint::black_box(&buf[..k]);
                 n += k as u64;
             }
+        }
+    }
+}
+
+/// ISA-L through authwatch's reader, over the bytes in memory, read into `buf`.
+#[cfg(feature = "isal")]
+fn isal_stream(gz: &[u8], buf: &mut [u8]) -> u64 {
+    let mut d = authwatch::sources::igzip::IgzipDecoder::new(gz);
+    let mut n = 0u64;
+    loop {
+        match d.read(buf).expect("ISA-L inflate") {
+            0 => return n,
+            k => n += k as u64,
         }
     }
 }
@@ -235,13 +252,21 @@ fn main() {
         let gz = std::fs::read(path).expect("read file");
         let name = path.rsplit('/').next().unwrap_or(path);
         let case = format!("{name} ({:.1} MB gz)", gz.len() as f64 / 1e6);
-        let mut r = [
+        let file_path = if cfg!(feature = "isal") {
+            "authwatch open_decoded (file, ISA-L)"
+        } else {
+            "authwatch open_decoded (file, zlib-rs)"
+        };
+        let mut r = vec![
             Row::new(&case, "flate2 (zlib-rs), stream"),
-            Row::new(&case, "authwatch open_decoded (file)"),
+            Row::new(&case, file_path),
             Row::new(&case, "miniz_oxide, stream"),
             Row::new(&case, "libdeflate, whole buffer"),
             Row::new(&case, "zcat > /dev/null"),
         ];
+        if cfg!(feature = "isal") {
+            r.push(Row::new(&case, "ISA-L (authwatch's IgzipDecoder), stream"));
+        }
         let mut d = libdeflater::Decompressor::new();
         for _ in 0..reps {
             let (n, s) = timed(|| flate2_stream(&gz, &mut buf));
@@ -261,6 +286,11 @@ fn main() {
             }
             let n = r[0].out_bytes;
             r[4].record(n, zcat(path));
+            #[cfg(feature = "isal")]
+            {
+                let (n, s) = timed(|| isal_stream(&gz, &mut buf));
+                r[5].record(n, s);
+            }
         }
         rows.extend(r);
     }

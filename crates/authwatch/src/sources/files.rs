@@ -682,6 +682,13 @@ fn open_file(
     }
 }
 
+/// The multi-member gzip decoder of file inputs: ISA-L's with the `isal` feature, flate2's
+/// (zlib-rs) without. Both hand on every byte inflated before an error, then the error.
+#[cfg(feature = "isal")]
+type GzipDecoder<R> = super::igzip::IgzipDecoder<R>;
+#[cfg(not(feature = "isal"))]
+type GzipDecoder<R> = flate2::read::MultiGzDecoder<R>;
+
 /// Undoes gzip when the magic bytes say so; returns a buffered reader of the content and its
 /// first bytes (for framing detection).
 pub fn open_decoded(r: Box<dyn Read>) -> io::Result<(Box<dyn BufRead>, Vec<u8>)> {
@@ -694,7 +701,7 @@ pub fn open_decoded(r: Box<dyn Read>) -> io::Result<(Box<dyn BufRead>, Vec<u8>)>
 fn decoded(raw: impl Read + 'static, head: &[u8]) -> io::Result<(Box<dyn BufRead>, Vec<u8>)> {
     let (r, head): (Box<dyn Read>, _) = if is_gzip(head) {
         let compressed = Arc::new(AtomicU64::new(0));
-        let decoder = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+        let decoder = GzipDecoder::new(BufReader::with_capacity(
             256 * 1024,
             CountCompressed {
                 inner: raw,

@@ -16,6 +16,8 @@ use crate::telemetry::cloudwatch_metrics::UNKNOWN_CLUSTER;
 
 pub mod cloudwatch;
 pub mod files;
+#[cfg(feature = "isal")]
+pub mod igzip;
 pub mod inflate_ahead;
 pub mod kinesis;
 pub mod log_group_range;
