@@ -22,8 +22,11 @@ use super::files::open_decoded;
 /// Bytes handed over at a time.
 pub const CHUNK_BYTES: usize = 128 * 1024;
 
-/// Chunks that may wait for the reader, per input.
-pub const CHUNKS_AHEAD: usize = 2;
+/// Chunks that may wait for the reader, per input (1 MiB). A merge of an export tree reads
+/// the stream whose next line is earliest, so it waits on whichever inflater has run dry;
+/// with two chunks it did so often on two cores (cw-export of 2M events: 1.82 s median of 7
+/// runs, 1.68 s with eight; peak RSS 19 -> 23 MiB).
+pub const CHUNKS_AHEAD: usize = 8;
 
 /// Inputs inflated ahead at once, across the process.
 pub const MAX_INFLATERS: usize = 16;
