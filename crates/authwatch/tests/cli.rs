@@ -354,3 +354,27 @@ fn kinesis_flags_merge_from_env_and_file_and_need_a_match_stream() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("both"), "{}", stderr(&o));
 }
+
+#[test]
+fn long_version_names_the_gzip_inflater_of_this_build() {
+    let o = authwatch(&["--version"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with(&format!("authwatch {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    let inflater = if cfg!(feature = "isal") {
+        "inflated by Intel's ISA-L"
+    } else {
+        "inflated by zlib-rs"
+    };
+    assert!(out.contains(inflater), "{out}");
+    // `-V` stays the short form.
+    let o = authwatch(&["-V"], None);
+    let short = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        short.trim(),
+        format!("authwatch {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -23,10 +23,23 @@ use self::replay::ReplayArgs;
 use self::rules::RulesCommand;
 use self::run::RunArgs;
 
+/// `--version`: also which inflater this build reads gzip files with (the `isal` feature).
+#[cfg(feature = "isal")]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (gzip files inflated by Intel's ISA-L: the isal feature)"
+);
+#[cfg(not(feature = "isal"))]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (gzip files inflated by zlib-rs; build with --features isal for ISA-L)"
+);
+
 #[derive(Parser)]
 #[command(
     name = "authwatch",
     version,
+    long_version = LONG_VERSION,
     about = "Alarm on piling-up 401/403 responses in Kubernetes (EKS) audit logs, and say which host, source IPs and user they come from."
 )]
 pub struct Cli {
