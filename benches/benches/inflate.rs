@@ -34,11 +34,11 @@ use miniz_oxide::{DataFormat, MZFlush, MZStatus};
 const BUF: usize = 256 * 1024;
 const PAYLOAD_TARGET: usize = 50_000;
 
-fn flate2_stream(gz: &[u8], buf: &mut [u8]) -> u64 {
-    let mut d = flate2::read::MultiGzDecoder::new(gz);
+/// Reads `r` to its end into `buf`: the bytes read. `what` names it in a panic.
+fn drain(mut r: impl Read, buf: &mut [u8], what: &str) -> u64 {
     let mut n = 0u64;
     loop {
-        match d.read(buf).expect("flate2 inflate") {
+        match r.read(buf).unwrap_or_else(|e| panic!("{what}: {e}")) {
             0 => return n,
             k => {
                 std::hint::black_box(&buf[..k]);
@@ -46,35 +46,26 @@ fn flate2_stream(gz: &[u8], buf: &mut [u8]) -> u64 {
             }
         }
     }
+}
+
+fn flate2_stream(gz: &[u8], buf: &mut [u8]) -> u64 {
+    drain(flate2::read::MultiGzDecoder::new(gz), buf, "flate2 inflate")
 }
 
 /// ISA-L through authwatch's reader, over the bytes in memory, read into `buf`.
 #[cfg(feature = "isal")]
 fn isal_stream(gz: &[u8], buf: &mut [u8]) -> u64 {
-    let mut d = authwatch::sources::igzip::IgzipDecoder::new(gz);
-    let mut n = 0u64;
-    loop {
-        match d.read(buf).expect("ISA-L inflate") {
-            0 => return n,
-            k => n += k as u64,
-        }
-    }
+    drain(
+        authwatch::sources::igzip::IgzipDecoder::new(gz),
+        buf,
+        "ISA-L inflate",
+    )
 }
 
 fn open_decoded_file(path: &str, buf: &mut [u8]) -> u64 {
     let file = std::fs::File::open(path).expect("open");
-    let (mut r, _head) =
-        authwatch::sources::files::open_decoded(Box::new(file)).expect("open_decoded");
-    let mut n = 0u64;
-    loop {
-        match r.read(buf).expect("open_decoded read") {
-            0 => return n,
-            k => {
-                std::hint::black_box(&buf[..k]);
-                n += k as u64;
-            }
-        }
-    }
+    let (r, _head) = authwatch::sources::files::open_decoded(Box::new(file)).expect("open_decoded");
+    drain(r, buf, "open_decoded read")
 }
 
 /// Length of the gzip member header at the start of `b` (RFC 1952).

@@ -26,8 +26,7 @@ pub struct IgzipDecoder<R> {
     header: isal::isal_gzip_header,
     /// Output ISA-L had inflated into its own buffer when it found an error: handed on before
     /// the error.
-    pending: Vec<u8>,
-    pending_at: usize,
+    pending: io::Cursor<Vec<u8>>,
     /// The error that ended the stream, given again to every later `read` (after `pending`).
     failed: Option<(io::ErrorKind, String)>,
 }
@@ -51,30 +50,15 @@ impl<R: BufRead> IgzipDecoder<R> {
             inner,
             state,
             header: new_header(),
-            pending: Vec::new(),
-            pending_at: 0,
+            pending: io::Cursor::default(),
             failed: None,
         }
     }
+}
 
-    /// Records a deflate error of `isal_inflate`, keeping what ISA-L had inflated into its
-    /// buffer but not yet copied out (up to 64 KiB): it is handed on first.
-    fn fail_inflate(&mut self, ret: i32) -> io::Error {
-        let st = &self.state;
-        let (from, to) = (st.tmp_out_processed, st.tmp_out_valid);
-        if let (Ok(from), Ok(to)) = (usize::try_from(from), usize::try_from(to)) {
-            if let Some(rest) = st.tmp_out_buffer.get(from..to) {
-                self.pending = rest.to_vec();
-                self.pending_at = 0;
-            }
-        }
-        self.fail(io::ErrorKind::InvalidData, describe(ret))
-    }
-
-    /// Whether the last member read so far is complete (its trailer checked).
-    fn at_member_end(&self) -> bool {
-        self.state.block_state == isal::isal_block_state_ISAL_BLOCK_FINISH
-    }
+/// Whether the last member read so far is complete (its trailer checked).
+fn member_done(state: &isal::inflate_state) -> bool {
+    state.block_state == isal::isal_block_state_ISAL_BLOCK_FINISH
 }
 
 /// A header record that keeps none of the optional fields (name, comment, extra).
@@ -90,11 +74,8 @@ fn new_header() -> isal::isal_gzip_header {
 
 impl<R: BufRead> Read for IgzipDecoder<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pending_at < self.pending.len() && !buf.is_empty() {
-            let rest = &self.pending[self.pending_at..];
-            let n = rest.len().min(buf.len());
-            buf[..n].copy_from_slice(&rest[..n]);
-            self.pending_at += n;
+        let n = self.pending.read(buf)?;
+        if n > 0 {
             return Ok(n);
         }
         if let Some((kind, message)) = &self.failed {
@@ -111,7 +92,7 @@ impl<R: BufRead> Read for IgzipDecoder<R> {
                 Err(e) => return Err(e),
             };
             let at_eof = input.is_empty();
-            if self.state.block_state == isal::isal_block_state_ISAL_BLOCK_FINISH {
+            if member_done(&self.state) {
                 if at_eof {
                     return Ok(0);
                 }
@@ -170,21 +151,19 @@ impl<R: BufRead> Read for IgzipDecoder<R> {
             self.state.avail_out = 0;
             self.inner.consume(consumed);
             if ret < 0 {
-                let e = self.fail_inflate(ret);
-                // What was inflated before the error is handed on first (this call's output,
-                // then `pending`); a later read returns the error.
-                if produced > 0 {
-                    return Ok(produced);
-                }
-                if !self.pending.is_empty() {
-                    return self.read(buf);
-                }
-                return Err(e);
+                self.fail_inflate(ret);
+                // What was inflated before the error is handed on first: this call's output,
+                // then `pending` (the next read gives it, then the error).
+                return if produced > 0 {
+                    Ok(produced)
+                } else {
+                    self.read(buf)
+                };
             }
             if produced > 0 {
                 return Ok(produced);
             }
-            if self.at_member_end() {
+            if member_done(&self.state) {
                 continue;
             }
             if at_eof {
@@ -207,6 +186,19 @@ impl<R> IgzipDecoder<R> {
     fn fail(&mut self, kind: io::ErrorKind, message: String) -> io::Error {
         self.failed = Some((kind, message.clone()));
         io::Error::new(kind, message)
+    }
+
+    /// Records a deflate error of `isal_inflate`, keeping what ISA-L had inflated into its
+    /// buffer but not yet copied out (up to 64 KiB): it is handed on first.
+    fn fail_inflate(&mut self, ret: i32) {
+        let st = &self.state;
+        let (from, to) = (st.tmp_out_processed, st.tmp_out_valid);
+        if let (Ok(from), Ok(to)) = (usize::try_from(from), usize::try_from(to)) {
+            if let Some(rest) = st.tmp_out_buffer.get(from..to) {
+                self.pending = io::Cursor::new(rest.to_vec());
+            }
+        }
+        self.fail(io::ErrorKind::InvalidData, describe(ret));
     }
 
     fn truncated(&mut self) -> io::Error {
